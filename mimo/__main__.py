@@ -1,0 +1,5 @@
+import sys
+
+from mimo.cli import main
+
+sys.exit(main())
