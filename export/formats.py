@@ -11,8 +11,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from mimo.export.builders import Blueprint
-_TMP = {'FP32': 'float32', 'INT32': 'int32'}
-to_numpy_dtype = _TMP.get  # TEMP until protos.dtypes lands
+from mimo.protos.dtypes import datatype_to_numpy
 
 OPSET = 17  # tf2onnx 1.17 accepts 17 or 18 and refuses 19+
 
@@ -20,7 +19,7 @@ OPSET = 17  # tf2onnx 1.17 accepts 17 or 18 and refuses 19+
 def input_specs(blueprint: Blueprint) -> list[tf.TensorSpec]:
     """Named specs with every -1 left dynamic (batch, and sequence length where it varies)."""
     return [
-        tf.TensorSpec([None if d == -1 else d for d in t.shape], tf.as_dtype(to_numpy_dtype(t.datatype)), name=t.name)
+        tf.TensorSpec([None if d == -1 else d for d in t.shape], tf.as_dtype(datatype_to_numpy(t.datatype)), name=t.name)
         for t in blueprint.inputs
     ]
 

@@ -1,0 +1,85 @@
+# syntax=docker/dockerfile:1
+# mimo-serve: the model server image. CPU by default; the same image runs on a GPU when built with
+# GPU=1 (onnxruntime-gpu and TensorFlow's CUDA wheels from pip; no CUDA base image needed).
+#
+#   docker build -t mimo-serve .                                     # the server; models at /models
+#   docker build -t mimo-serve:gpu --build-arg GPU=1 .               # + onnxruntime-gpu, CUDA wheels
+#   docker build -t mimo-serve:demo --target demo .                  # models exported at build time
+#   docker build -t mimo-serve:demo --target demo \
+#       --build-arg DEMO_EXPORT_ARGS="--image-size 71 --epochs 1 --samples 64" .   # small and quick
+#
+#   docker run -p 8500:8500 -p 8000:8000 -v "$PWD/models:/models:ro" mimo-serve
+#   docker run --gpus all -p 8500:8500 -v "$PWD/models:/models:ro" mimo-serve:gpu
+#   docker run -p 8500:8500 mimo-serve:demo
+#
+# gRPC (KServe v2, TF Serving, health, reflection) on 8500; Prometheus metrics over HTTP on 8000.
+# Settings: flags after the image name replace the default CMD; MIMO_* variables work too.
+
+FROM python:3.11-slim AS base
+ENV PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    VIRTUAL_ENV=/opt/mimo \
+    PATH=/opt/mimo/bin:$PATH
+
+# ---- build: a virtual environment with the server's dependencies, then the project itself ----
+FROM base AS build
+ARG GPU=0
+WORKDIR /src
+RUN python -m venv "$VIRTUAL_ENV"
+# Dependencies in a layer of their own: editing the sources does not reinstall TensorFlow.
+# With GPU=1 the CPU onnxruntime is left out (it conflicts with onnxruntime-gpu: same package).
+COPY pyproject.toml deploy/docker/requirements.py ./
+RUN set -- server; if [ "$GPU" = 1 ]; then set -- server gpu; fi \
+ && python requirements.py pyproject.toml "$@" > requirements.txt \
+ && cat requirements.txt \
+ && pip install -r requirements.txt
+COPY . .
+RUN pip install --no-deps . \
+ && pip check \
+ && python -c "import mimo.serving, mimo.client, onnxruntime; print('providers', onnxruntime.get_available_providers())"
+
+# ---- runtime: the venv, a non-root user, health check, and `mimo serve` ----
+FROM base AS runtime
+ARG GPU=0
+RUN groupadd --system --gid 10001 mimo \
+ && useradd --system --uid 10001 --gid mimo --home-dir /home/mimo --create-home --shell /usr/sbin/nologin mimo \
+ && mkdir -p /models
+COPY --from=build /opt/mimo /opt/mimo
+# GPU image: make the CUDA libraries that came as pip wheels (nvidia-*-cu12) visible to the dynamic
+# loader, so onnxruntime-gpu's CUDA provider finds them as TensorFlow does.
+RUN if [ "$GPU" = 1 ]; then \
+      printf '%s\n' /opt/mimo/lib/python3*/site-packages/nvidia/*/lib > /etc/ld.so.conf.d/mimo-nvidia-wheels.conf \
+      && ldconfig; \
+    fi
+COPY deploy/docker/healthcheck.py /usr/local/lib/mimo/healthcheck.py
+ENV HOME=/home/mimo \
+    MIMO_MODEL_REPOSITORY=/models \
+    MIMO_HOST=0.0.0.0 \
+    MIMO_PORT=8500 \
+    MIMO_METRICS_PORT=8000 \
+    TF_CPP_MIN_LOG_LEVEL=2
+WORKDIR /home/mimo
+# numeric, so Kubernetes can verify runAsNonRoot
+USER 10001:10001
+EXPOSE 8500 8000
+# grpc.health.v1.Health, service "" (the server is ready); port from MIMO_PORT
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "/usr/local/lib/mimo/healthcheck.py"]
+STOPSIGNAL SIGTERM
+# exec form: the server is PID 1 and receives SIGTERM itself (it drains, then exits 0)
+ENTRYPOINT ["mimo", "serve"]
+CMD ["--model-repository", "/models", "--host", "0.0.0.0"]
+
+# ---- demo: the notebook's models exported at build time and baked in (no volume needed) ----
+FROM runtime AS demo-models
+# extra `mimo export` flags, e.g. "--image-size 71 --epochs 1 --samples 64" or "--models mlp qa"
+ARG DEMO_EXPORT_ARGS=""
+# hadolint ignore=SC2086
+RUN mimo export --out /home/mimo/models --quiet $DEMO_EXPORT_ARGS
+
+FROM runtime AS demo
+COPY --from=demo-models /home/mimo/models /models
+
+# ---- the default target: the server without models (mount a repository at /models) ----
+FROM runtime AS server

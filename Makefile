@@ -1,0 +1,46 @@
+# The README's commands: `make serve` and `make test`. Everything installs into ./.venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODELS ?= models
+EXTRAS ?= server,dev
+STAMP := $(VENV)/.installed-$(subst ,,$(EXTRAS))
+# perf_analyzer lives in a venv of its own (tritonclient 2.41.1 is the last wheel that ships it).
+PA_VENV ?= .venv-pa
+PA_STAMP := $(PA_VENV)/.installed
+
+.PHONY: install serve export test test-fast bench protos clean perf-analyzer
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+perf-analyzer: $(PA_STAMP)
+
+$(PA_STAMP):
+	bash scripts/install_perf_analyzer.sh $(PA_VENV)
+	touch $@
+
+# Export the notebook's models into ./models (only when it is empty), then serve them.
+serve: install
+	@if [ -z "$$(ls -A $(MODELS) 2>/dev/null)" ]; then $(BIN)/mimo export --out $(MODELS); fi
+	exec $(BIN)/mimo serve --model-repository $(MODELS)
+
+export: install
+	$(BIN)/mimo export --out $(MODELS)
+
+test: install perf-analyzer
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: install
+	$(BIN)/python -m pytest -q -ra tests/unit
+
+protos: install
+	$(BIN)/python scripts/gen_protos.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache

@@ -1,0 +1,69 @@
+"""Errors that carry a gRPC status code, and the ONE place that maps exceptions to statuses.
+
+Every layer raises a `ServingError` subclass; servicers call `status_for` and never build
+status codes themselves. Messages are short and truncated, and no traceback reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from mimo.protos.errors import CodecError
+
+log = logging.getLogger("mimo.serving")
+MAX_MESSAGE = 1000  # characters of an error message sent to a client
+
+
+class ServingError(Exception):
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ServingError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class InvalidArgument(ServingError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Unavailable(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(ServingError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(ServingError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(ServingError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class BackendFailure(ServingError):
+    """A backend raised while computing: INTERNAL, for that request only."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+def truncate(message: str, limit: int = MAX_MESSAGE) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """(status code, client-safe message) for any exception raised while serving a request."""
+    if isinstance(exc, ServingError):
+        return exc.code, truncate(exc.message)
+    if isinstance(exc, CodecError):
+        return grpc.StatusCode.INVALID_ARGUMENT, truncate(str(exc))
+    # Anything else is a bug or a backend failure: log it here, send no internals.
+    log.exception("internal error while serving a request")
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"

@@ -1,0 +1,129 @@
+"""Server-wide settings: command-line flags, each with a MIMO_* environment variable behind it.
+
+Parsed only in `main()`; everything else receives a `ServerSettings`. Per-model settings live in
+each model's model.json and override the server-wide defaults where both exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BACKENDS = ("onnxruntime", "tensorflow")
+DEVICES = ("auto", "cpu", "gpu")
+
+
+@dataclass
+class ServerSettings:
+    model_repository: Path
+    host: str = "127.0.0.1"
+    port: int = 8500
+    backend: str = "onnxruntime"
+    device: str = "auto"
+    max_message_mb: int = 64
+    metrics_port: int = 8000  # 0 turns the Prometheus endpoint off
+    instances: int = 0  # concurrent executions per model; 0 = one per core (at most 4)
+    intra_op_threads: int = 1  # per execution; instances x threads should not exceed the cores
+    batching: bool = True
+    max_queue_delay_ms: float = 0.0  # extra wait for a fuller batch; 0 = batch what is queued
+    max_queue_size: int = 1024  # requests waiting per model before RESOURCE_EXHAUSTED
+    strict_readiness: bool = False  # server ready only when every model is
+    poll_seconds: float = 0.0  # repository poll for new versions; 0 = off
+    grace_seconds: float = 20.0  # on SIGTERM, how long in-flight requests may take
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    token: str | None = field(default=None, repr=False)
+    log_level: str = "INFO"
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 1024 * 1024
+
+    @property
+    def executions_per_model(self) -> int:
+        return self.instances or max(1, min(4, os.cpu_count() or 1))
+
+
+def _env(name: str, default):
+    return os.environ.get(f"MIMO_{name}", default)
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(f"MIMO_{name}")
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mimo serve",
+        description="Serve a model repository over gRPC (Open Inference Protocol and TensorFlow Serving's "
+        "Predict API). Every flag can also be set by the MIMO_<FLAG> environment variable.",
+    )
+    p.add_argument("--model-repository", default=_env("MODEL_REPOSITORY", None), help="repository folder (MIMO_MODEL_REPOSITORY)")
+    p.add_argument("--host", default=_env("HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(_env("PORT", 8500)))
+    p.add_argument("--backend", choices=BACKENDS, default=_env("BACKEND", "onnxruntime"),
+                   help="default backend; a model.json 'backend' overrides it (default onnxruntime)")
+    p.add_argument("--device", choices=DEVICES, default=_env("DEVICE", "auto"))
+    p.add_argument("--max-message-mb", type=int, default=int(_env("MAX_MESSAGE_MB", 64)))
+    p.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", 8000)), help="0 = off")
+    p.add_argument("--instances", type=int, default=int(_env("INSTANCES", 0)),
+                   help="concurrent executions per model (default: one per core, at most 4)")
+    p.add_argument("--intra-op-threads", type=int, default=int(_env("INTRA_OP_THREADS", 1)))
+    p.add_argument("--no-batching", dest="batching", action="store_false", default=_env_bool("BATCHING", True),
+                   help="run every request on its own (MIMO_BATCHING=0)")
+    p.add_argument("--max-queue-delay-ms", type=float, default=float(_env("MAX_QUEUE_DELAY_MS", 0.0)))
+    p.add_argument("--max-queue-size", type=int, default=int(_env("MAX_QUEUE_SIZE", 1024)))
+    p.add_argument("--strict-readiness", action="store_true", default=_env_bool("STRICT_READINESS", False))
+    p.add_argument("--poll-seconds", type=float, default=float(_env("POLL_SECONDS", 0.0)),
+                   help="poll the repository for new versions every N seconds (0 = off)")
+    p.add_argument("--grace-seconds", type=float, default=float(_env("GRACE_SECONDS", 20.0)))
+    p.add_argument("--tls-cert", default=_env("TLS_CERT", None))
+    p.add_argument("--tls-key", default=_env("TLS_KEY", None))
+    p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA", None),
+                   help="require client certificates signed by this CA (mutual TLS)")
+    p.add_argument("--token", default=_env("TOKEN", None),
+                   help="bearer token required on inference and metadata calls (MIMO_TOKEN)")
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    return p
+
+
+def parse_settings(argv: list[str]) -> ServerSettings:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.model_repository:
+        parser.error("--model-repository (or MIMO_MODEL_REPOSITORY) is required")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.max_message_mb < 1:
+        parser.error("--max-message-mb must be at least 1")
+    optional_path = lambda value: Path(value) if value else None
+    return ServerSettings(
+        model_repository=Path(args.model_repository),
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        device=args.device,
+        max_message_mb=args.max_message_mb,
+        metrics_port=args.metrics_port,
+        instances=args.instances,
+        intra_op_threads=args.intra_op_threads,
+        batching=args.batching,
+        max_queue_delay_ms=args.max_queue_delay_ms,
+        max_queue_size=args.max_queue_size,
+        strict_readiness=args.strict_readiness,
+        poll_seconds=args.poll_seconds,
+        grace_seconds=args.grace_seconds,
+        tls_cert=optional_path(args.tls_cert),
+        tls_key=optional_path(args.tls_key),
+        tls_client_ca=optional_path(args.tls_client_ca),
+        token=args.token,
+        log_level=args.log_level,
+    )
