@@ -1,0 +1,73 @@
+"""TLS / mutual TLS credentials and the bearer-token check.
+
+The token guards every inference and metadata call. Health checks, liveness/readiness and server
+reflection stay open so load balancers and Kubernetes probes need no secret.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+import grpc
+
+from mimo.serving.settings import ServerSettings
+
+OPEN_METHODS = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+)
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    if not settings.tls_cert:
+        return None
+    pair = (settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())
+    if settings.tls_client_ca:
+        return grpc.ssl_server_credentials(
+            [pair], root_certificates=settings.tls_client_ca.read_bytes(), require_client_auth=True
+        )
+    return grpc.ssl_server_credentials([pair])
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if method.startswith(OPEN_METHODS) or self._authorized(handler_call_details.invocation_metadata):
+            return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return _refusing_handler(handler)
+
+    def _authorized(self, metadata) -> bool:
+        for key, value in metadata or ():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else value
+                return hmac.compare_digest(given, self._expected)
+        return False
+
+
+def _refusing_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same kind that answers UNAUTHENTICATED without running the method."""
+    message = "missing or wrong bearer token (send 'authorization: Bearer <token>' metadata)"
+
+    async def refuse(request_or_iterator, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def refuse_stream(request_or_iterator, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    args = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream, **args)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse, **args)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, **args)
+    return grpc.unary_unary_rpc_method_handler(refuse, **args)

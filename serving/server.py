@@ -1,0 +1,174 @@
+"""The server assembly: registry, gRPC services, health, reflection, metrics, and the lifecycle.
+
+`MimoServer` runs on an asyncio loop (grpc.aio); compute never runs on that loop but in each
+model's worker threads. `ServerThread` runs one in a background thread, for tests and embedding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from mimo.protos import POOL, grpc_service_pb2, grpc_service_pb2_grpc
+from mimo.serving.registry import READY, Registry
+from mimo.serving.security import TokenInterceptor, server_credentials
+from mimo.serving.servicers.kserve import InferenceServicer
+from mimo.serving.settings import ServerSettings
+
+log = logging.getLogger("mimo.serving")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _register_in_pool(*modules) -> None:
+    """Reflection answers from one descriptor pool; ours must also know health and reflection."""
+    for module in modules:
+        try:
+            POOL.FindFileByName(module.DESCRIPTOR.name)
+        except KeyError:
+            POOL.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+
+
+class MimoServer:
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.registry = Registry(settings)
+        self.health = health_aio.HealthServicer()
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._loaded = False
+        self._draining = False
+        self._poller: asyncio.Task | None = None
+
+    def ready(self) -> bool:
+        if not self._loaded or self._draining:
+            return False
+        states = [mv.state for e in self.registry.models.values() for mv in e.versions.values()]
+        if self.settings.strict_readiness:
+            return bool(states) and all(s == READY for s in states)
+        return READY in states
+
+    async def start(self) -> int:
+        """Load the repository (RepositoryError if malformed), then listen; returns the port."""
+        await self.registry.load_all()
+        self._loaded = True
+        interceptors = [TokenInterceptor(self.settings.token)] if self.settings.token else []
+        limit = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 1),
+            ],
+        )
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.registry, self.ready), server
+        )
+        self._add_tf_serving(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        _register_in_pool(health_pb2, reflection_pb2)
+        services = [
+            grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ] + self._tf_serving_names
+        reflection.enable_server_reflection(services, server, pool=POOL)
+        address = f"{self.settings.host}:{self.settings.port}"
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
+        if not self.port:
+            raise OSError(f"could not listen on {address}")
+        await server.start()
+        self._server = server
+        await self.update_health()
+        if self.settings.poll_seconds > 0:
+            self._poller = asyncio.ensure_future(self._poll_repository())
+        log.info("mimo serving %d model version(s) on %s:%d", len(self.registry.ready_versions()),
+                 self.settings.host, self.port)
+        return self.port
+
+    _tf_serving_names: list[str] = []
+
+    def _add_tf_serving(self, server) -> None:
+        try:
+            from mimo.serving.servicers.tfserving import add_tf_serving
+        except ImportError:
+            return
+        self._tf_serving_names = add_tf_serving(server, self.registry)
+
+    async def update_health(self) -> None:
+        await self.health.set("", SERVING if self.ready() else NOT_SERVING)
+        for name in self.registry.models:
+            await self.health.set(name, SERVING if self.registry.is_model_ready(name) else NOT_SERVING)
+
+    async def _poll_repository(self) -> None:
+        while not self._draining:
+            await asyncio.sleep(self.settings.poll_seconds)
+            try:
+                await self.registry.refresh()
+                await self.update_health()
+            except Exception:  # noqa: BLE001 - a poll must never kill the server
+                log.exception("repository poll failed")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking new calls, let in-flight ones finish (up to `grace` seconds), unload."""
+        self._draining = True
+        if self._poller is not None:
+            self._poller.cancel()
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.settings.grace_seconds if grace is None else grace)
+        await self.registry.close()
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+class ServerThread:
+    """A MimoServer on its own event loop in a background thread (tests, notebooks)."""
+
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.server = MimoServer(settings)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="mimo-server", daemon=True)
+
+    def start(self, timeout: float = 300) -> "ServerThread":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout)
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    def call(self, coroutine, timeout: float = 60):
+        """Run a coroutine on the server's loop (e.g. registry.refresh())."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self, grace: float = 5) -> None:
+        if self._thread.is_alive():
+            self.call(self.server.stop(grace), timeout=grace + 60)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
