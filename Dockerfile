@@ -19,6 +19,7 @@ FROM python:3.11-slim AS base
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
+    PIP_PROGRESS_BAR=off \
     VIRTUAL_ENV=/opt/mimo \
     PATH=/opt/mimo/bin:$PATH
 
@@ -35,15 +36,16 @@ RUN set -- server; if [ "$GPU" = 1 ]; then set -- server gpu; fi \
  && cat requirements.txt \
  && pip install -r requirements.txt
 COPY . .
+# -P: import the installed wheel, not the ./mimo source folder
 RUN pip install --no-deps . \
  && pip check \
- && python -c "import mimo.serving, mimo.client, onnxruntime; print('providers', onnxruntime.get_available_providers())"
+ && python -P -c "import mimo.serving, mimo.client, mimo.protos, onnxruntime as ort; print(ort.get_available_providers())"
 
 # ---- runtime: the venv, a non-root user, health check, and `mimo serve` ----
 FROM base AS runtime
 ARG GPU=0
-RUN groupadd --system --gid 10001 mimo \
- && useradd --system --uid 10001 --gid mimo --home-dir /home/mimo --create-home --shell /usr/sbin/nologin mimo \
+RUN groupadd --gid 10001 mimo \
+ && useradd --uid 10001 --gid mimo --home-dir /home/mimo --create-home --shell /usr/sbin/nologin mimo \
  && mkdir -p /models
 COPY --from=build /opt/mimo /opt/mimo
 # GPU image: make the CUDA libraries that came as pip wheels (nvidia-*-cu12) visible to the dynamic

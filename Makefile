@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(subst ,,$(EXTRAS))
 PA_VENV ?= .venv-pa
 PA_STAMP := $(PA_VENV)/.installed
 
-.PHONY: install serve export test test-fast bench protos clean perf-analyzer
+.PHONY: install serve export test test-fast bench protos clean perf-analyzer test-container
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ export: install
 
 test: install perf-analyzer
 	$(BIN)/python -m pytest -q -ra
+
+# Build the server image (podman, demo models baked in), run it, call it, SIGTERM it mid-request.
+test-container: install
+	bash scripts/container_test.sh
 
 test-fast: install
 	$(BIN)/python -m pytest -q -ra tests/unit

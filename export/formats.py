@@ -30,10 +30,21 @@ def signature_function(blueprint: Blueprint, outputs: list[str]) -> tf.types.exp
     model = blueprint.model
 
     def serve(*tensors):
+        _assert_min_lengths(blueprint, dict(zip(names, tensors)))
         heads = model(dict(zip(names, tensors)), training=False)
         return {name: tf.identity(heads[name], name=name) for name in outputs}
 
     return tf.function(serve, input_signature=input_specs(blueprint))
+
+
+def _assert_min_lengths(blueprint: Blueprint, tensors: dict) -> None:
+    """Below the minimum length TF on CPU returns wrong numbers without an error; make it raise."""
+    for name, constraint in blueprint.constraints.items():
+        if "min_length" in constraint:
+            tf.debugging.assert_greater_equal(
+                tf.shape(tensors[name])[1], constraint["min_length"],
+                message=f"input '{name}' is shorter than the model's minimum length {constraint['min_length']}",
+            )
 
 
 def signature_plan(blueprint: Blueprint) -> dict[str, list[str]]:

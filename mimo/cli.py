@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, function, extra = COMMANDS[command]
     try:
-        module = importlib.import_module(module_name)
+        # Subcommands import their heavy dependencies lazily, so a missing extra can surface
+        # at import or later while the command parses its options.
+        return int(getattr(importlib.import_module(module_name), function)(rest) or 0)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] != "mimo" and extra:
             print(
@@ -45,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         raise
-    return int(getattr(module, function)(rest) or 0)
 
 
 if __name__ == "__main__":

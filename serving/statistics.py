@@ -64,11 +64,21 @@ class ModelStats:
         self._batch = BATCH.labels(*labels)
         self._ok = REQUESTS.labels(self.model, self.version, "OK")
 
-    def record_execution(self, batch_size: int, compute_ns: int, requests: int = 1) -> None:
+    def record_execution(
+        self, batch_size: int, compute_ns: int, requests: int = 1, input_ns: int = 0, output_ns: int = 0
+    ) -> None:
+        """One backend execution of `batch_size` items for `requests` requests.
+
+        As in Triton, every request of a batch is charged the whole execution, and compute_input,
+        compute_infer and compute_output always have the same count (perf_analyzer refuses
+        statistics where they differ: "Server side statistics compute counts must be the same").
+        """
         with self.lock:
             self.execution_count += 1
             self.inference_count += batch_size
-            self.compute_infer.add(compute_ns, requests)
+            self.compute_input.add(input_ns * requests, requests)
+            self.compute_infer.add(compute_ns * requests, requests)
+            self.compute_output.add(output_ns * requests, requests)
             self.batches[batch_size].add(compute_ns)
         self._compute.observe(compute_ns / 1e9)
         self._batch.observe(batch_size)

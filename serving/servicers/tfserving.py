@@ -1,0 +1,113 @@
+"""TensorFlow Serving's Predict API (`tensorflow.serving.PredictionService` and `ModelService`).
+
+Wire-compatible with tensorflow-serving-api clients: Predict with `signature_name` and
+`output_filter`, GetModelMetadata with SignatureDefs, GetModelStatus. Same inference path as v2.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from mimo.protos import codec
+from mimo.protos import tf_error_codes_pb2 as tf_errors
+from mimo.protos import tf_serving_pb2 as tfs
+from mimo.protos import tf_serving_pb2_grpc as tfs_grpc
+from mimo.protos.dtypes import datatype_to_tf
+from mimo.serving.errors import InvalidArgument, NotFound, status_for
+from mimo.serving.inference import infer
+from mimo.serving.registry import LOADING, READY, UNAVAILABLE, UNLOADING, Registry
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+VERSION_STATES = {
+    READY: tfs.ModelVersionStatus.AVAILABLE,
+    LOADING: tfs.ModelVersionStatus.LOADING,
+    UNLOADING: tfs.ModelVersionStatus.UNLOADING,
+    UNAVAILABLE: tfs.ModelVersionStatus.END,
+}
+
+
+def _version(spec) -> str:
+    if spec.HasField("version"):
+        return str(spec.version.value)
+    if spec.version_label:
+        raise NotFound(f"version labels are not supported (got '{spec.version_label}')")
+    return ""
+
+
+class PredictionServicer(tfs_grpc.PredictionServiceServicer):
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    async def Predict(self, request, context):
+        try:
+            inputs = codec.decode_predict_request(request)
+            spec = request.model_spec
+            served, outputs = await infer(
+                self.registry, spec.name, _version(spec), inputs, list(request.output_filter),
+                spec.signature_name, context.time_remaining(),
+            )
+            return codec.encode_predict_response(
+                outputs, served.name, served.version, spec.signature_name or "serving_default"
+            )
+        except Exception as exc:  # noqa: BLE001
+            await context.abort(*status_for(exc))
+
+    async def GetModelMetadata(self, request, context):
+        try:
+            fields = list(request.metadata_field) or ["signature_def"]
+            if fields != ["signature_def"]:
+                raise InvalidArgument(f"unsupported metadata_field {fields}; only 'signature_def'")
+            served = self.registry.get(request.model_spec.name, _version(request.model_spec))
+        except Exception as exc:  # noqa: BLE001
+            await context.abort(*status_for(exc))
+        response = tfs.GetModelMetadataResponse()
+        response.model_spec.name = served.name
+        response.model_spec.version.value = served.version
+        response.metadata["signature_def"].Pack(signature_defs(served.spec))
+        return response
+
+
+def signature_defs(spec) -> tfs.SignatureDefMap:
+    result = tfs.SignatureDefMap()
+    for name, signature in spec.signatures.items():
+        definition = result.signature_def[name]
+        definition.method_name = PREDICT_METHOD
+        for kind, names in (("inputs", signature["inputs"]), ("outputs", signature["outputs"])):
+            for tensor_name in names:
+                tensor = spec.input(tensor_name) if kind == "inputs" else spec.output(tensor_name)
+                info = getattr(definition, kind)[tensor_name]
+                info.name = f"{tensor_name}:0"
+                info.dtype = datatype_to_tf(tensor.datatype)
+                for size in tensor.shape:
+                    info.tensor_shape.dim.add(size=size)
+    return result
+
+
+class ModelStatusServicer(tfs_grpc.ModelServiceServicer):
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    async def GetModelStatus(self, request, context):
+        name = request.model_spec.name
+        entry = self.registry.models.get(name)
+        if entry is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model '{name}'")
+        wanted = request.model_spec.version.value if request.model_spec.HasField("version") else None
+        response = tfs.GetModelStatusResponse()
+        for number, mv in sorted(entry.versions.items()):
+            if wanted is not None and number != wanted:
+                continue
+            status = response.model_version_status.add(version=number, state=VERSION_STATES[mv.state])
+            status.status.error_code = tf_errors.OK if mv.state == READY else tf_errors.UNAVAILABLE
+            status.status.error_message = mv.reason
+        if wanted is not None and not response.model_version_status:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model '{name}' has no version {wanted}")
+        return response
+
+
+def add_tf_serving(server, registry: Registry) -> list[str]:
+    """Register both TF Serving services; returns their names for reflection."""
+    tfs_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(registry), server)
+    tfs_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(registry), server)
+    return [service.full_name for service in tfs.DESCRIPTOR.services_by_name.values()]
+

@@ -1,0 +1,154 @@
+"""`mimo serve` as a subprocess: readiness, perf_analyzer against it, metrics, SIGTERM, bad starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from helpers import free_port, run_onnx, sample_inputs
+from mimo.protos import codec
+from mimo.protos import grpc_service_pb2 as pb
+from mimo.protos import grpc_service_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+PERF_ANALYZER = Path(os.environ.get("MIMO_PERF_ANALYZER", ROOT / ".venv-pa" / "bin" / "perf_analyzer"))
+
+
+def wait_ready(address: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"server exited with {process.returncode}: {process.stdout.read()}"
+        try:
+            if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server not ready in time")
+
+
+@pytest.fixture(scope="module")
+def served(exported_repo):
+    port, metrics = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mimo", "serve", "--model-repository", str(exported_repo), "--port", str(port),
+         "--metrics-port", str(metrics)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_ready(address, process)
+        yield address, metrics, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def run_perf_analyzer(address: str, model: str, *extra: str) -> str:
+    assert PERF_ANALYZER.exists(), f"{PERF_ANALYZER} missing: run `make perf-analyzer`"
+    command = [str(PERF_ANALYZER), "-m", model, "-u", address, "-i", "grpc", "--concurrency-range", "4",
+               "--measurement-interval", "800", "--stability-percentage", "60", "--max-trials", "5",
+               "--input-data", "zero", *extra]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize("model,extra", [("mlp", ()), ("qa", ("--shape", "text:40", "--shape", "question:8"))])
+def test_perf_analyzer_reports_no_errors(served, model, extra):
+    address, _, _ = served
+    output = run_perf_analyzer(address, model, *extra)
+    print(output)
+    assert "Throughput:" in output and "infer/sec" in output
+    assert "error" not in output.lower().replace("error: 0", "")
+    stats = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address)).ModelStatistics(
+        pb.ModelStatisticsRequest(name=model)).model_stats[0]
+    assert stats.inference_stats.success.count > 50 and stats.inference_stats.fail.count == 0
+
+
+def test_metrics_endpoint_counts_requests(served, exported_repo):
+    address, metrics, _ = served
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
+    stub.ModelInfer(codec.encode_infer_request("mlp", sample_inputs(exported_repo, "mlp", 1)), timeout=30)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
+    assert 'mimo_requests_total{model="mlp",status="OK",version="1"}' in text
+    assert "mimo_compute_seconds_bucket" in text and "mimo_batch_size_bucket" in text
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_zero(served, exported_repo):
+    address, _, process = served
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(
+        address, options=[("grpc.max_receive_message_length", 64 << 20)]))
+    inputs = sample_inputs(exported_repo, "dual_camera", 8)
+    request = codec.encode_infer_request("dual_camera", inputs)
+    with ThreadPoolExecutor(4) as pool:
+        calls = [pool.submit(stub.ModelInfer, request, timeout=120) for _ in range(4)]
+        time.sleep(0.3)  # the calls are in the server now; each takes several hundred ms
+        process.send_signal(signal.SIGTERM)
+        results = [codec.decode_infer_response(call.result()) for call in calls]
+    want = run_onnx(exported_repo, "dual_camera", inputs)
+    for result in results:
+        np.testing.assert_allclose(result["features"], want["features"], atol=1e-5)
+    assert process.wait(60) == 0
+    output = process.stdout.read()
+    assert "draining" in output
+
+
+def _start_and_fail(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mimo", "serve", "--port", "0", "--metrics-port", "0", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_startup_fails_clearly_on_missing_repository(tmp_path):
+    result = _start_and_fail("--model-repository", str(tmp_path / "nowhere"))
+    assert result.returncode != 0
+    assert f"model repository {tmp_path / 'nowhere'} does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_startup_fails_clearly_on_malformed_model_json(tmp_path, exported_repo):
+    (tmp_path / "mlp").mkdir()
+    (tmp_path / "mlp" / "1").symlink_to(exported_repo / "mlp" / "1")
+    document = json.loads((exported_repo / "mlp" / "model.json").read_text())
+    document["inputs"][0]["shape"] = "64"
+    (tmp_path / "mlp" / "model.json").write_text(json.dumps(document))
+    result = _start_and_fail("--model-repository", str(tmp_path))
+    assert result.returncode != 0
+    assert "mlp/model.json: inputs/0/shape" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "mlp" / "model.json").write_text("{not json")
+    result = _start_and_fail("--model-repository", str(tmp_path))
+    assert result.returncode != 0 and "not valid JSON" in result.stderr
+
+
+def test_settings_come_from_environment(tmp_path):
+    from mimo.serving.settings import parse_settings
+
+    env = {"MIMO_MODEL_REPOSITORY": str(tmp_path), "MIMO_PORT": "9123", "MIMO_BACKEND": "tensorflow",
+           "MIMO_MAX_MESSAGE_MB": "8", "MIMO_BATCHING": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        settings = parse_settings([])
+        assert (settings.model_repository, settings.port, settings.backend) == (tmp_path, 9123, "tensorflow")
+        assert settings.max_message_bytes == 8 << 20 and settings.batching is False
+        assert parse_settings(["--port", "9200"]).port == 9200  # a flag beats the environment
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
