@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stdout,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if settings.workers > 1:
+        return _supervise(settings, list(sys.argv[1:] if argv is None else argv))
     from mimo.protos.repository import RepositoryError
 
     try:
@@ -30,6 +32,58 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"mimo serve: {exc}", file=sys.stderr)
         return 2
+
+
+def _supervise(settings, argv: list[str]) -> int:
+    """`--workers N`: run N `mimo serve` processes that share the port (SO_REUSEPORT; the kernel
+    spreads new connections over them), each loading every model. Python's gRPC stack handles one
+    request at a time per process, so more processes use more cores. Worker i serves metrics on
+    metrics_port + i. SIGTERM/SIGINT are passed on and each worker drains; if one worker dies, the
+    others are stopped too and the exit status is non-zero (let the supervisor restart the set)."""
+    import subprocess
+    import time
+
+    log = logging.getLogger("mimo.serving")
+    env = dict(os.environ, MIMO_WORKERS="1")
+    children = []
+    for index in range(settings.workers):
+        child_env = dict(env, MIMO_WORKER_INDEX=str(index))
+        args = list(argv)
+        # The last occurrence of a flag wins in argparse: override --workers and --metrics-port.
+        args += ["--workers", "1"]
+        if settings.metrics_port:
+            args += ["--metrics-port", str(settings.metrics_port + index)]
+        children.append(subprocess.Popen([sys.executable, "-m", "mimo.serving.cli", *args], env=child_env))
+    log.info("mimo: %d worker processes on %s:%d: pids %s", settings.workers, settings.host, settings.port,
+             " ".join(str(c.pid) for c in children))
+
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    status = 0
+    while not stopping:
+        if any(child.poll() is not None for child in children):
+            failed = [c for c in children if c.returncode not in (None, 0)]
+            status = failed[0].returncode if failed else 1
+            log.error("mimo: a worker process exited (status %s); stopping the others", status)
+            break
+        time.sleep(0.2)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + settings.grace_seconds + 10
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return status if not stopping else 0
 
 
 async def _serve(settings) -> int:

@@ -201,6 +201,8 @@ class Registry:
             max_batch_size=max(1, spec.max_batch_size),
             max_queue_delay_s=batching.get("max_queue_delay_ms", self.settings.max_queue_delay_ms) / 1000,
             max_queue_size=batching.get("max_queue_size", self.settings.max_queue_size),
+            padding=padding_of(spec),
+            execution=self.settings.execution,
         )
 
     @staticmethod
@@ -225,6 +227,19 @@ class Registry:
                 if mv.scheduler is not None:
                     await mv.scheduler.drain(self.settings.grace_seconds)
                     mv.scheduler.close()
+
+
+def padding_of(spec: ModelSpec) -> dict[str, float]:
+    """model.json `batching.padding` (input -> pad value), where right-padding axis 1 is exact.
+
+    Padding changes a sequence input's length, so it is only used when no output has a dynamic
+    dimension after the batch axis (such an output would come back padded too).
+    """
+    padding = dict(spec.batching.get("padding", {}))
+    if padding and any(-1 in t.shape[1:] for t in spec.outputs):
+        log.warning("model %s: batching.padding ignored (an output has a dynamic dimension)", spec.name)
+        return {}
+    return padding
 
 
 def _reasons(entry: ModelEntry) -> str:

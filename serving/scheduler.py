@@ -1,11 +1,26 @@
-"""Per-model scheduler: a bounded queue, a fixed number of concurrent executions, dynamic batching.
+"""Per-model scheduler: a bounded queue, dynamic batching, and where the backend runs.
 
-Runs on the event loop (no locks): a request joins the queue, and whenever an execution slot is
-free the scheduler takes the oldest request plus every queued request that can share its batch
-(same signature, same item shapes and dtypes; the batch within max_batch_size) and runs them as
-one backend call in a worker thread. An idle model therefore runs each request at once (batching
-costs nothing at low load), and a busy one batches whatever queued up while the slots were busy.
-`max_queue_delay` can hold a partial batch back a little for a fuller one.
+It runs on the event loop (no locks). A request joins the queue of its batch key, and a dispatch
+is scheduled for the end of the current loop iteration (`call_soon`), so every request that arrived
+in the same iteration can share one backend call. A dispatch takes the oldest live request plus the
+requests queued behind it with the same key, up to `max_batch_size` items, while an execution slot
+is free. An idle model therefore runs each request at once (batching costs nothing at low load),
+and a busy one batches whatever queued up while its slots were busy. `max_queue_delay` can hold a
+partial batch back a little for a fuller one.
+
+Batch keys: requests batch together only when their signature, input names, dtypes and item shapes
+agree, or, for inputs the model declares padding-exact (model.json `batching.padding`, e.g. a
+masked sequence input), when everything but the sequence length (axis 1) agrees; such inputs are
+right-padded with the declared value up to the longest request of the batch.
+
+Where the backend runs (`execution`):
+  inline  on the event-loop thread. No thread hand-off (two context switches and a GIL hand-over
+          per execution); the right choice when the server has one core, and for models that
+          compute in a few microseconds.
+  thread  in `instances` worker threads (ONNX Runtime and TensorFlow release the GIL), so the loop
+          keeps decoding and encoding other requests while a batch computes on another core.
+  auto    inline when the process may use only one core (taskset, cgroup cpuset) or when the
+          model's recent executions took less than `inline_max_us`; threads otherwise.
 
 Expired and cancelled requests leave the queue without running. A failing batch is retried one
 request at a time, so one bad request gets its error and the others still get their results.
@@ -14,9 +29,10 @@ request at a time, so one bad request gets its error and the others still get th
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -24,48 +40,103 @@ import numpy as np
 
 from mimo.serving.backends import Backend
 from mimo.serving.errors import BackendFailure, DeadlineExceeded, ResourceExhausted, Unavailable, log
+from mimo.serving.settings import usable_cores
 from mimo.serving.statistics import ModelStats
+
+EXECUTION_MODES = ("auto", "inline", "thread")
 
 
 @dataclass
 class SchedulerOptions:
-    instances: int = 1  # concurrent backend executions
+    instances: int = 1  # concurrent backend executions (thread mode)
     batching: bool = True
     max_batch_size: int = 32  # items per execution
     max_queue_delay_s: float = 0.0
-    max_queue_size: int = 1024
+    max_queue_size: int = 1024  # requests waiting (not running) before RESOURCE_EXHAUSTED
+    padding: Mapping[str, float] = field(default_factory=dict)  # input -> pad value (axis 1)
+    execution: str = "auto"  # auto | inline | thread
+    inline_max_us: float = 100.0  # auto: inline when an execution takes less than this
+    cores: int = 0  # 0: usable_cores() of this process
 
 
-@dataclass
 class _Job:
-    inputs: Mapping[str, np.ndarray]
-    outputs: Sequence[str]
-    signature: str
-    future: asyncio.Future
-    deadline: float | None  # time.monotonic() seconds
-    batch: int
-    key: tuple  # requests batch together only when their keys are equal
-    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+    __slots__ = ("inputs", "outputs", "signature", "future", "deadline", "batch", "key", "enqueued_ns")
+
+    def __init__(self, inputs, outputs, signature, future, deadline, batch, key):
+        self.inputs = inputs
+        self.outputs = outputs
+        self.signature = signature
+        self.future = future
+        self.deadline = deadline  # time.monotonic() seconds, or None
+        self.batch = batch
+        self.key = key
+        self.enqueued_ns = time.perf_counter_ns()
 
 
-def _batch_key(inputs: Mapping[str, np.ndarray], signature: str) -> tuple:
-    return (signature,) + tuple(
-        (name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items())
-    )
+def batch_key(inputs: Mapping[str, np.ndarray], signature: str, padding: Mapping[str, float]) -> tuple:
+    """Requests share a batch only when their keys are equal."""
+    parts = [signature]
+    for name in sorted(inputs):
+        array = inputs[name]
+        if name in padding and array.ndim >= 2:
+            parts.append((name, array.dtype.str, array.ndim, array.shape[2:]))
+        else:
+            parts.append((name, array.dtype.str, array.shape[1:]))
+    return tuple(parts)
+
+
+def assemble(jobs: Sequence[_Job], padding: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """One batch from several requests: concatenated, right-padded along axis 1 where allowed."""
+    batched = {}
+    items = sum(job.batch for job in jobs)
+    for name in jobs[0].inputs:
+        parts = [job.inputs[name] for job in jobs]
+        pad = padding.get(name)
+        if pad is not None and parts[0].ndim >= 2:
+            longest = max(part.shape[1] for part in parts)
+            if any(part.shape[1] != longest for part in parts):
+                first = parts[0]
+                out = np.full((items, longest) + first.shape[2:], pad, dtype=first.dtype)
+                row = 0
+                for part in parts:
+                    out[row : row + part.shape[0], : part.shape[1]] = part
+                    row += part.shape[0]
+                batched[name] = out
+                continue
+        batched[name] = np.concatenate(parts)
+    return batched
 
 
 class Scheduler:
     def __init__(self, backend: Backend, stats: ModelStats, options: SchedulerOptions, name: str):
+        if options.execution not in EXECUTION_MODES:
+            raise ValueError(f"execution must be one of {EXECUTION_MODES}, not {options.execution!r}")
         self.backend = backend
         self.stats = stats
         self.options = options
-        self.executor = ThreadPoolExecutor(max_workers=options.instances, thread_name_prefix=f"mimo-{name}")
-        self.pending: deque[_Job] = deque()
-        self.free_slots = options.instances
+        self.name = name
+        self.padding = dict(options.padding) if options.batching else {}
+        self.queues: dict[tuple, deque[_Job]] = {}
+        self.size = 0  # queued requests
+        self.running = 0  # executions in progress
         self.closed = False
+        cores = options.cores or usable_cores()
+        self._slots = 1 if options.execution == "inline" else max(1, options.instances)
+        self._auto = options.execution == "auto" and cores > 1
+        self._inline = options.execution == "inline" or (options.execution == "auto" and cores == 1)
+        self._inline_ns = options.inline_max_us * 1000
+        self._ewma_ns = 0.0  # recent execution time (auto mode)
+        self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._work: queue.SimpleQueue | None = None
+        self._threads: list[threading.Thread] = []
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def pending(self) -> int:
+        return self.size
 
     async def infer(
         self,
@@ -76,66 +147,71 @@ class Scheduler:
     ) -> dict[str, np.ndarray]:
         if self.closed:
             raise Unavailable("model is unloading")
-        if len(self.pending) >= self.options.max_queue_size:
-            raise ResourceExhausted(
-                f"queue full ({self.options.max_queue_size} requests waiting); retry later"
-            )
+        if self.size >= self.options.max_queue_size:
+            raise ResourceExhausted(f"queue full ({self.options.max_queue_size} requests waiting); retry later")
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         batch = next(iter(inputs.values())).shape[0]
-        job = _Job(inputs, outputs, signature, asyncio.get_running_loop().create_future(), deadline, batch,
-                   _batch_key(inputs, signature))
-        self.pending.append(job)
-        self._idle.clear()
-        self._dispatch()
+        key = batch_key(inputs, signature, self.padding) if self.options.batching else None
+        job = _Job(inputs, outputs, signature, loop.create_future(), deadline, batch, key)
+        lane = self.queues.get(key)
+        if lane is None:
+            lane = self.queues[key] = deque()
+        lane.append(job)
+        self.size += 1
+        if not self._scheduled:
+            # At the end of this loop iteration: requests that arrive together batch together.
+            self._scheduled = True
+            self._idle.clear()
+            loop.call_soon(self._dispatch)
         return await job.future
 
     # -- event-loop side ----------------------------------------------------------------------
 
-    def _dispatch(self, flush: bool = False) -> None:
-        while self.free_slots > 0 and self.pending:
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        while self.size and self.running < self._slots:
             jobs = self._take_batch()
             if not jobs:
-                continue
-            if not flush and self._should_wait(jobs):
-                for job in reversed(jobs):
-                    self.pending.appendleft(job)
-                return
-            self.free_slots -= 1
-            now = time.perf_counter_ns()
-            for job in jobs:
-                self.stats.record_queue(now - job.enqueued_ns)
-            work = asyncio.get_running_loop().run_in_executor(self.executor, self._execute, jobs)
-            work.add_done_callback(lambda done, jobs=jobs: self._finish(jobs, done))
-        if not self.pending and self.free_slots == self.options.instances:
+                break
+            if self._hold(jobs):
+                break
+            self._launch(jobs)
+        if not self.size and not self.running:
             self._idle.set()
 
     def _take_batch(self) -> list[_Job]:
         """The oldest live request plus queued requests that can share its batch."""
         now = time.monotonic()
-        head = None
-        while self.pending and head is None:
-            job = self.pending.popleft()
-            if self._is_live(job, now):
-                head = job
-        if head is None:
+        oldest = None
+        for key, lane in list(self.queues.items()):
+            while lane and not self._is_live(lane[0], now):
+                lane.popleft()
+                self.size -= 1
+            if not lane:
+                del self.queues[key]
+            elif oldest is None or lane[0].enqueued_ns < oldest[0].enqueued_ns:
+                oldest = lane
+        if oldest is None:
             return []
-        jobs, items = [head], head.batch
-        if not self.options.batching:
-            return jobs
-        kept = deque()
-        while self.pending:
-            job = self.pending.popleft()
-            if not self._is_live(job, now):
-                continue
-            if job.key == head.key and items + job.batch <= self.options.max_batch_size:
-                jobs.append(job)
-                items += job.batch
-            else:
-                kept.append(job)
-        self.pending = kept
+        first = oldest.popleft()
+        self.size -= 1
+        jobs, items = [first], first.batch
+        if self.options.batching:
+            limit = self.options.max_batch_size
+            while oldest and items + oldest[0].batch <= limit:
+                job = oldest.popleft()
+                self.size -= 1
+                if self._is_live(job, now):
+                    jobs.append(job)
+                    items += job.batch
+        if not oldest:
+            del self.queues[first.key]
         return jobs
 
-    def _should_wait(self, jobs: list[_Job]) -> bool:
-        """Hold a partial batch for up to max_queue_delay, then run whatever is there."""
+    def _hold(self, jobs: list[_Job]) -> bool:
+        """Hold a partial batch for up to max_queue_delay (then run whatever is there)."""
         delay = self.options.max_queue_delay_s
         if not (self.options.batching and delay > 0):
             return False
@@ -144,13 +220,16 @@ class Scheduler:
         waited = (time.perf_counter_ns() - jobs[0].enqueued_ns) / 1e9
         if waited >= delay:
             return False
+        lane = self.queues.setdefault(jobs[0].key, deque())
+        lane.extendleft(reversed(jobs))
+        self.size += len(jobs)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(delay - waited, self._on_timer)
+            self._timer = self._loop.call_later(delay - waited, self._on_timer)
         return True
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._dispatch(flush=True)
+        self._dispatch()
 
     @staticmethod
     def _is_live(job: _Job, now: float) -> bool:
@@ -161,12 +240,21 @@ class Scheduler:
             return False
         return True
 
-    def _finish(self, jobs: list[_Job], done: asyncio.Future) -> None:
-        self.free_slots += 1
-        try:
-            results = done.result()
-        except BaseException as exc:  # _execute handles its own errors; this is a bug guard
-            results = [exc] * len(jobs)
+    def _launch(self, jobs: list[_Job]) -> None:
+        started = time.perf_counter_ns()
+        record_queue = self.stats.record_queue
+        for job in jobs:
+            record_queue(started - job.enqueued_ns)
+        self.running += 1
+        if self._inline or (self._auto and self._ewma_ns < self._inline_ns and self._ewma_ns):
+            self._complete(jobs, self._execute(jobs))
+            return
+        if self._work is None:
+            self._start_threads()
+        self._work.put(jobs)
+
+    def _complete(self, jobs: list[_Job], results: list) -> None:
+        self.running -= 1
         for job, result in zip(jobs, results):
             if job.future.done():
                 continue
@@ -174,39 +262,74 @@ class Scheduler:
                 job.future.set_exception(result)
             else:
                 job.future.set_result(result)
+
+    def _complete_from_thread(self, jobs: list[_Job], results: list) -> None:
+        self._complete(jobs, results)
         self._dispatch()
 
-    # -- worker-thread side -------------------------------------------------------------------
+    # -- worker threads -------------------------------------------------------------------------
+
+    def _start_threads(self) -> None:
+        self._work = queue.SimpleQueue()
+        for i in range(self._slots):
+            thread = threading.Thread(target=self._worker, name=f"mimo-{self.name}-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _worker(self) -> None:
+        work, loop = self._work, self._loop
+        while True:
+            jobs = work.get()
+            if jobs is None:
+                return
+            results = self._execute(jobs)
+            try:
+                loop.call_soon_threadsafe(self._complete_from_thread, jobs, results)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
+
+    # -- execution (inline or in a worker thread) -------------------------------------------------
 
     def _execute(self, jobs: list[_Job]) -> list:
         if len(jobs) == 1:
             return [self._run_one(jobs[0])]
+        job0 = jobs[0]
         outputs = list(dict.fromkeys(name for job in jobs for name in job.outputs))
-        names = list(jobs[0].inputs)
         try:
-            batched = {name: np.concatenate([job.inputs[name] for job in jobs]) for name in names}
-            started = time.perf_counter_ns()
-            results = self.backend.predict(batched, outputs, jobs[0].signature)
-            self.stats.record_execution(len(batched[names[0]]), time.perf_counter_ns() - started, len(jobs))
+            t0 = time.perf_counter_ns()
+            batched = assemble(jobs, self.padding)
+            t1 = time.perf_counter_ns()
+            results = self.backend.predict(batched, outputs, job0.signature)
+            t2 = time.perf_counter_ns()
+            split, start = [], 0
+            for job in jobs:
+                end = start + job.batch
+                split.append({name: results[name][start:end] for name in job.outputs})
+                start = end
+            t3 = time.perf_counter_ns()
         except Exception:
             # Isolate the failure: each request on its own gets its own result or error.
             return [self._run_one(job) for job in jobs]
-        split, start = [], 0
-        for job in jobs:
-            end = start + job.batch
-            split.append({name: results[name][start:end] for name in job.outputs})
-            start = end
+        self._observe(t2 - t1)
+        self.stats.record_execution(start, t2 - t1, len(jobs), t1 - t0, t3 - t2)
         return split
 
     def _run_one(self, job: _Job):
         try:
             started = time.perf_counter_ns()
             results = self.backend.predict(job.inputs, job.outputs, job.signature)
-            self.stats.record_execution(job.batch, time.perf_counter_ns() - started)
-            return {name: results[name] for name in job.outputs}
-        except Exception as exc:
+            took = time.perf_counter_ns() - started
+            out = {name: results[name] for name in job.outputs}
+        except Exception as exc:  # noqa: BLE001 - a backend failure answers this request only
             log.warning("backend failure in %s: %s", self.stats.model, exc)
             return BackendFailure(f"model '{self.stats.model}' failed to run this request ({type(exc).__name__})")
+        self._observe(took)
+        self.stats.record_execution(job.batch, took)
+        return out
+
+    def _observe(self, took_ns: int) -> None:
+        ewma = self._ewma_ns
+        self._ewma_ns = took_ns if not ewma else 0.8 * ewma + 0.2 * took_ns
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -219,8 +342,15 @@ class Scheduler:
 
     def close(self) -> None:
         self.closed = True
-        while self.pending:
-            job = self.pending.popleft()
-            if not job.future.done():
-                job.future.set_exception(Unavailable("model unloaded"))
-        self.executor.shutdown(wait=False)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for lane in self.queues.values():
+            for job in lane:
+                if not job.future.done():
+                    job.future.set_exception(Unavailable("model unloaded"))
+        self.queues.clear()
+        self.size = 0
+        if self._work is not None:
+            for _ in self._threads:
+                self._work.put(None)

@@ -168,7 +168,7 @@ class ServerThread:
             self._thread.join(10)
 
     def __enter__(self) -> "ServerThread":
-        return self.start()
+        return self if self._thread.is_alive() else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()

