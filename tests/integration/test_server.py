@@ -358,3 +358,20 @@ def test_tritonclient_reports_errors(exported_repo, server):
     with pytest.raises(InferenceServerException) as error:
         client.infer("posts", _triton_inputs(triton, {"posts": tokens}))
     assert "StatusCode.INVALID_ARGUMENT" in str(error.value.status()) and "shorter than" in error.value.message()
+
+
+def test_model_json_backend_and_version_policy_override_server_defaults(exported_repo, tmp_path):
+    repo = _repository_with(tmp_path, exported_repo, ["mlp"])
+    (repo / "mlp" / "2").symlink_to(exported_repo / "mlp" / "1")
+    document = json.loads((repo / "mlp" / "model.json").read_text())
+    document.update(backend="tensorflow", version_policy={"all": True})
+    (repo / "mlp" / "model.json").write_text(json.dumps(document))
+    with start_server(repo, backend="onnxruntime") as srv:
+        stub = stub_for(srv.address)
+        metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name="mlp"))
+        assert metadata.platform == "tensorflow_savedmodel" and list(metadata.versions) == ["1", "2"]
+        inputs = sample_inputs(exported_repo, "mlp", 2)
+        want = run_savedmodel(exported_repo, "mlp", inputs)
+        for version in (1, 2):
+            assert_same(infer(stub, "mlp", inputs, version=version), want)
+        assert stub.ModelInfer(_request("mlp", inputs), timeout=30).model_version == "2"
