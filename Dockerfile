@@ -30,16 +30,18 @@ WORKDIR /src
 RUN python -m venv "$VIRTUAL_ENV"
 # Dependencies in a layer of their own: editing the sources does not reinstall TensorFlow.
 # With GPU=1 the CPU onnxruntime is left out (it conflicts with onnxruntime-gpu: same package).
+# TensorFlow's C++ headers (430 MB, for compiling custom ops) are not needed to serve.
 COPY pyproject.toml deploy/docker/requirements.py ./
 RUN set -- server; if [ "$GPU" = 1 ]; then set -- server gpu; fi \
  && python requirements.py pyproject.toml "$@" > requirements.txt \
  && cat requirements.txt \
- && pip install -r requirements.txt
+ && pip install -r requirements.txt \
+ && rm -rf "$VIRTUAL_ENV"/lib/python3*/site-packages/tensorflow/include
 COPY . .
 # -P: import the installed wheel, not the ./mimo source folder
 RUN pip install --no-deps . \
  && pip check \
- && python -P -c "import mimo.serving, mimo.client, mimo.protos, onnxruntime as ort; print(ort.get_available_providers())"
+ && python -P -c "import mimo.serving.server, mimo.client, mimo.export, onnxruntime as o; print(o.get_available_providers())"
 
 # ---- runtime: the venv, a non-root user, health check, and `mimo serve` ----
 FROM base AS runtime

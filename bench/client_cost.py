@@ -140,9 +140,10 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['model']:<6} {r['mimo_us']:>15.2f} {r['mimo_no_checks_us']:>12.2f} "
               f"{r['tritonclient_us']:>16.2f} {r['ratio']:>7.3f}")
-    import grpc
+    from importlib.metadata import version
+
     import google.protobuf
-    import tritonclient
+    import grpc
 
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
         "rows": rows,
         "environment": {"python": sys.version.split()[0], "numpy": np.__version__,
                         "protobuf": google.protobuf.__version__, "grpcio": grpc.__version__,
-                        "tritonclient": getattr(tritonclient, "__version__", "?"),
+                        "tritonclient": version("tritonclient"),
                         "machine": platform.machine(), "processor": platform.processor()},
     }, indent=2) + "\n")
     print(f"wrote {OUT}")

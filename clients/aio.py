@@ -12,7 +12,7 @@ import numpy as np
 from mimo.protos import grpc_service_pb2 as pb
 from mimo.protos import grpc_service_pb2_grpc as pb_grpc
 
-from mimo.client.core import ClientCore, Pem
+from mimo.client.core import ClientCore, Pem, output_names
 from mimo.client.errors import InferenceError, ServerUnavailableError
 from mimo.client.metadata import ModelMetadata, ModelStatus
 
@@ -128,6 +128,7 @@ class AsyncClient:
                       signature: str | None = None, timeout: float | None = None,
                       **named: Any) -> dict[str, np.ndarray]:
         """See Client.predict."""
+        outputs = output_names(outputs)  # once: a generator of names must serve twice
         request = self._core.infer_request(model, inputs, named, outputs, version, signature)
         response = await self._call("ModelInfer", request, timeout, model)
         return self._core.infer_result(model, response, outputs, signature)

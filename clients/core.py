@@ -34,6 +34,13 @@ def _pem(value: Pem) -> bytes | None:
         return f.read()
 
 
+def output_names(outputs) -> list[str] | tuple[str, ...] | None:
+    """outputs= as given (None, one name, or any iterable of names) -> None or a list/tuple."""
+    if outputs is None or isinstance(outputs, (list, tuple)):
+        return outputs
+    return [outputs] if isinstance(outputs, str) else list(outputs)
+
+
 class ClientCore:
     def __init__(self, target: str, *, timeout: float | None = None, tls: bool = False,
                  root_certificates: Pem = None, certificate_chain: Pem = None, private_key: Pem = None,
@@ -102,8 +109,7 @@ class ClientCore:
                       signature: str | None, request_id: str | None = None):
         checker = self._checkers.get(model)
         arrays = gather_inputs(model, inputs, named, checker.meta if checker is not None else None)
-        if outputs is not None and not isinstance(outputs, (list, tuple)):
-            outputs = [outputs] if isinstance(outputs, str) else list(outputs)
+        outputs = output_names(outputs)
         if checker is not None and self.local_checks:
             checker.check(arrays, outputs, signature)
         try:
@@ -119,13 +125,13 @@ class ClientCore:
         except CodecError as exc:
             raise InferenceError(grpc.StatusCode.INTERNAL, f"unreadable answer: {exc}", model) from None
         if outputs:
-            check_heads(model, result, outputs if not isinstance(outputs, str) else [outputs])
+            check_heads(model, result, output_names(outputs))
         else:
             checker = self._checkers.get(model)
             if checker is not None and checker.meta.signatures:
                 check_heads(model, result, checker.heads(None, signature))
             elif not result:
-                check_heads(model, result, ["(any)"])
+                raise InferenceError(grpc.StatusCode.INTERNAL, "the server's answer has no outputs", model)
         return result
 
     # -- many inferences over one stream -----------------------------------------------------
@@ -149,7 +155,7 @@ class StreamPlan:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.core, self.model, self.concurrency = core, model, concurrency
-        self.outputs = None if outputs is None else ([outputs] if isinstance(outputs, str) else list(outputs))
+        self.outputs = output_names(outputs)
         self.version, self.signature = version, signature
         self.return_exceptions = return_exceptions
         self._items = iter(batches)
@@ -208,8 +214,11 @@ class StreamPlan:
 
     def _result(self, response):
         if response.error_message:
-            # The stream's wrapper message carries no status code, only the server's message.
-            return InferenceError(grpc.StatusCode.UNKNOWN, response.error_message, self.model)
+            # Triton's wrapper carries no status code; mimo's server adds it as a parameter.
+            code_name = response.infer_response.parameters["error_code"].string_param \
+                if "error_code" in response.infer_response.parameters else ""
+            code = getattr(grpc.StatusCode, code_name, grpc.StatusCode.UNKNOWN)
+            return InferenceError(code, response.error_message, self.model)
         try:
             return self.core.infer_result(self.model, response.infer_response, self.outputs, self.signature)
         except InferenceError as exc:

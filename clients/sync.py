@@ -12,7 +12,7 @@ import numpy as np
 from mimo.protos import grpc_service_pb2 as pb
 from mimo.protos import grpc_service_pb2_grpc as pb_grpc
 
-from mimo.client.core import ClientCore, Pem
+from mimo.client.core import ClientCore, Pem, output_names
 from mimo.client.errors import InferenceError, ServerUnavailableError
 from mimo.client.metadata import ModelMetadata, ModelStatus
 
@@ -130,6 +130,7 @@ class Client:
         {head: array} with the server's shapes and dtypes (read-only arrays over the answer's
         bytes). `outputs` asks for some heads only; `signature` selects a SavedModel signature
         (e.g. "age" of posts on the TensorFlow backend). Raises InferenceError."""
+        outputs = output_names(outputs)  # once: a generator of names must serve twice
         request = self._core.infer_request(model, inputs, named, outputs, version, signature)
         response = self._call(self._stub.ModelInfer, request, timeout, model)
         return self._core.infer_result(model, response, outputs, signature)

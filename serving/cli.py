@@ -24,8 +24,14 @@ def main(argv: list[str] | None = None) -> int:
         return _supervise(settings, list(sys.argv[1:] if argv is None else argv))
     from mimo.protos.repository import RepositoryError
 
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        run = uvloop.run
+    else:
+        run = asyncio.run
     try:
-        return asyncio.run(_serve(settings))
+        return run(_serve(settings))
     except RepositoryError as exc:
         print(f"mimo serve: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ def usable_cores() -> int:
 
 BACKENDS = ("onnxruntime", "tensorflow")
 EXECUTION = ("auto", "inline", "thread")
+EVENT_LOOPS = ("asyncio", "uvloop")
 DEVICES = ("auto", "cpu", "gpu")
 
 
@@ -37,6 +38,7 @@ class ServerSettings:
     intra_op_threads: int = 1  # per execution; instances x threads should not exceed the cores
     execution: str = "auto"  # where models run: auto | inline (event loop) | thread (worker threads)
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT), each loading every model
+    event_loop: str = "asyncio"  # asyncio | uvloop (uvloop must be installed)
     batching: bool = True
     max_queue_delay_ms: float = 0.0  # extra wait for a fuller batch; 0 = batch what is queued
     max_queue_size: int = 1024  # requests waiting per model before RESOURCE_EXHAUSTED
@@ -95,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where models run: 'inline' on the event loop (no thread hand-off), 'thread' in "
                    "--instances worker threads, 'auto' (default): inline on a single usable core or for "
                    "models that compute in under 100 us, threads otherwise")
+    p.add_argument("--event-loop", choices=EVENT_LOOPS, default=_env("EVENT_LOOP", "asyncio"),
+                   help="asyncio (default) or uvloop (pip install uvloop; about 10%% less CPU per request "
+                   "in the gRPC stack)")
     p.add_argument("--workers", type=int, default=int(_env("WORKERS", 1)),
                    help="server processes sharing the port (SO_REUSEPORT); each loads every model "
                    "(default 1)")
@@ -125,6 +130,11 @@ def parse_settings(argv: list[str]) -> ServerSettings:
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.event_loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            parser.error("--event-loop uvloop: uvloop is not installed (pip install uvloop)")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     if args.workers > 1 and args.port == 0:
@@ -144,6 +154,7 @@ def parse_settings(argv: list[str]) -> ServerSettings:
         intra_op_threads=args.intra_op_threads,
         execution=args.execution,
         workers=args.workers,
+        event_loop=args.event_loop,
         batching=args.batching,
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_size=args.max_queue_size,

@@ -100,11 +100,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return pb.ModelStreamInferResponse(infer_response=await self._infer(request, None))
         except Exception as exc:  # noqa: BLE001
-            _, message = status_for(exc)
-            return pb.ModelStreamInferResponse(
+            code, message = status_for(exc)
+            response = pb.ModelStreamInferResponse(
                 error_message=message,
                 infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
             )
+            # Triton's wrapper has no status code; mimo adds it as a parameter clients may read.
+            response.infer_response.parameters["error_code"].string_param = code.name
+            return response
 
     async def _infer(self, request, timeout):
         inputs = codec.decode_infer_request(request)

@@ -375,3 +375,9 @@ def test_model_json_backend_and_version_policy_override_server_defaults(exported
         for version in (1, 2):
             assert_same(infer(stub, "mlp", inputs, version=version), want)
         assert stub.ModelInfer(_request("mlp", inputs), timeout=30).model_version == "2"
+
+
+def test_stream_error_carries_its_status_code(stub):
+    bad = _request("nope", {"x": np.zeros((1, 64), np.float32)}, request_id="a")
+    response = next(iter(stub.ModelStreamInfer(iter([bad]), timeout=30)))
+    assert response.infer_response.parameters["error_code"].string_param == "NOT_FOUND"

@@ -85,3 +85,19 @@ def test_dockerignore_keeps_the_context_small():
     ignored = (REPO / ".dockerignore").read_text().split()
     for entry in (".git", ".venv", ".venv-*", "models", "**/__pycache__"):
         assert entry in ignored
+
+
+def test_image_requirements_never_hold_both_onnxruntimes():
+    """deploy/docker/requirements.py: the CPU image gets onnxruntime, the GPU image onnxruntime-gpu
+    only (both install the same `onnxruntime` package; together they break each other)."""
+    script = REPO / "deploy" / "docker" / "requirements.py"
+
+    def names(*extras: str) -> set[str]:
+        run = subprocess.run([sys.executable, str(script), str(REPO / "pyproject.toml"), *extras],
+                             capture_output=True, text=True, timeout=60, check=True)
+        return {re.split(r"[\s<>=!~\[;]", line, maxsplit=1)[0].lower() for line in run.stdout.splitlines() if line.strip()}
+
+    cpu, gpu = names("server"), names("server", "gpu")
+    assert "onnxruntime" in cpu and "onnxruntime-gpu" not in cpu
+    assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
+    assert {"tensorflow", "grpcio-health-checking", "numpy"} <= cpu & gpu
