@@ -113,6 +113,22 @@ class ModelSpec:
             raw=document,
         )
 
+    @property
+    def contract(self):
+        """The request check for this model (built once; see mimo.protos.contract)."""
+        if "_contract" not in self.__dict__:
+            from mimo.protos.contract import Contract, InputRule
+
+            rules = [
+                InputRule(t.name, t.datatype, t.shape,
+                          self.constraints[t.name].min_length if t.name in self.constraints else None,
+                          self.constraints[t.name].id_range if t.name in self.constraints else None)
+                for t in self.inputs
+            ]
+            self.__dict__["_contract"] = Contract(self.name, rules, [t.name for t in self.outputs],
+                                                  self.signatures, self.max_batch_size)
+        return self.__dict__["_contract"]
+
     def input(self, name: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.name == name), None)
 
