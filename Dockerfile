@@ -46,6 +46,8 @@ RUN pip install --no-deps . \
 # ---- runtime: the venv, a non-root user, health check, and `mimo serve` ----
 FROM base AS runtime
 ARG GPU=0
+LABEL org.opencontainers.image.title="mimo-serve" \
+      org.opencontainers.image.description="gRPC model server for multi-input/multi-output Keras models (Open Inference Protocol, TF Serving API)"
 RUN groupadd --gid 10001 mimo \
  && useradd --uid 10001 --gid mimo --home-dir /home/mimo --create-home --shell /usr/sbin/nologin mimo \
  && mkdir -p /models

@@ -8,6 +8,8 @@
 #        MIMO_CT_EXPORT_ARGS      `mimo export` flags for the demo models (default: small sizes)
 #        MIMO_CT_NO_CACHE=1       build without podman's layer cache (a cold build on a warm base)
 #        MIMO_CT_KEEP_IMAGE=1     keep the built images (tags below) afterwards
+#        MIMO_CT_PRUNE=1          also prune dangling images afterwards (the layer cache that makes a
+#                                 rerun take seconds is kept otherwise; the base image always is)
 #        MIMO_CT_BUILD_FLAGS      extra build flags (default for podman: --isolation=chroot)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +40,7 @@ cleanup() {
   [ -z "$ids" ] || $ENGINE rm -f $ids >/dev/null 2>&1
   if [ "${MIMO_CT_KEEP_IMAGE:-0}" != 1 ]; then
     $ENGINE rmi -f "$DEMO_IMAGE" "$SERVER_IMAGE" >/dev/null 2>&1
+    [ "${MIMO_CT_PRUNE:-0}" != 1 ] || $ENGINE image prune -f >/dev/null 2>&1
   else
     say "kept images $SERVER_IMAGE $DEMO_IMAGE"
   fi

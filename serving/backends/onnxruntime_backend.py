@@ -10,6 +10,9 @@ import onnxruntime as ort
 from mimo.protos.repository import ONNX_FILE
 from mimo.serving.backends.base import DEFAULT_SIGNATURE, Backend
 
+# A server has no business phoning home, and a read-only container cannot persist the device id.
+ort.disable_telemetry_events()
+
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 

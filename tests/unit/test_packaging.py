@@ -18,9 +18,17 @@ def test_wheel_installs_into_a_fresh_venv(tmp_path):
     subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
                    check=True, capture_output=True, timeout=300)
     wheel = next(tmp_path.glob("mimo_serve-*.whl"))
-    names = zipfile.ZipFile(wheel).namelist()
-    for expected in ("mimo/cli.py", "mimo/export/pipeline.py", "mimo/serving/server.py", "mimo/client/__init__.py",
-                     "mimo/protos/codec.py", "mimo/protos/grpc_service.proto", "mimo/protos/model_schema.json"):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    # Every module of the four folders (subpackages included) is in the wheel under mimo/.
+    folders = {"mimo": "mimo", "export": "mimo/export", "serving": "mimo/serving", "protos": "mimo/protos",
+               "clients": "mimo/client"}
+    for folder, package in folders.items():
+        for source in (ROOT / folder).rglob("*.py"):
+            relative = source.relative_to(ROOT / folder)
+            if "examples" in relative.parts or "__pycache__" in relative.parts:
+                continue
+            assert f"{package}/{relative.as_posix()}" in names, f"{folder}/{relative} missing from the wheel"
+    for expected in ("mimo/protos/grpc_service.proto", "mimo/protos/model_schema.json"):
         assert expected in names, expected
     assert not any(n.startswith(("tests/", "export/", "serving/")) for n in names)
     env_dir = tmp_path / "venv"
