@@ -381,3 +381,21 @@ def test_stream_error_carries_its_status_code(stub):
     bad = _request("nope", {"x": np.zeros((1, 64), np.float32)}, request_id="a")
     response = next(iter(stub.ModelStreamInfer(iter([bad]), timeout=30)))
     assert response.infer_response.parameters["error_code"].string_param == "NOT_FOUND"
+
+
+def test_repository_unload_and_load(exported_repo, tmp_path):
+    repo = _repository_with(tmp_path, exported_repo, ["mlp", "qa"])
+    with start_server(repo) as srv:
+        stub = stub_for(srv.address)
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="mlp"), timeout=30)
+        assert not stub.ModelReady(pb.ModelReadyRequest(name="mlp")).ready
+        with pytest.raises(grpc.RpcError) as error:
+            infer(stub, "mlp", sample_inputs(exported_repo, "mlp", 1))
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert stub.ModelReady(pb.ModelReadyRequest(name="qa")).ready
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="mlp"), timeout=60)
+        good = sample_inputs(exported_repo, "mlp", 1)
+        assert_same(infer(stub, "mlp", good), run_onnx(exported_repo, "mlp", good))
+        with pytest.raises(grpc.RpcError) as error:
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="nope"), timeout=30)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
