@@ -43,6 +43,15 @@ test-container: install
 test-fast: install
 	$(BIN)/python -m pytest -q -ra tests/unit
 
+# `make bench` (not part of `make test`): mimo against its floors on loopback, pinned (server core 0,
+# perf_analyzer core 1); `make bench PEERS=1` adds the peers of ../shared/peers in the same run.
+# Writes bench/results/bench.md and bench/results/bench.png. BENCH_ARGS passes more options.
+PEERS ?= 0
+BENCH_ARGS ?=
+bench: perf-analyzer
+	$(MAKE) install EXTRAS=server,dev,bench
+	$(BIN)/python bench/run.py $(if $(filter 1 yes true,$(PEERS)),--peers) $(BENCH_ARGS)
+
 protos: install
 	$(BIN)/python scripts/gen_protos.py
 

@@ -53,13 +53,12 @@ def _supervise(settings, argv: list[str]) -> int:
     env = dict(os.environ, MIMO_WORKERS="1")
     children = []
     for index in range(settings.workers):
-        child_env = dict(env, MIMO_WORKER_INDEX=str(index))
         args = list(argv)
         # The last occurrence of a flag wins in argparse: override --workers and --metrics-port.
         args += ["--workers", "1"]
         if settings.metrics_port:
             args += ["--metrics-port", str(settings.metrics_port + index)]
-        children.append(subprocess.Popen([sys.executable, "-m", "mimo.serving.cli", *args], env=child_env))
+        children.append(subprocess.Popen([sys.executable, "-m", "mimo.serving.cli", *args], env=env))
     log.info("mimo: %d worker processes on %s:%d: pids %s", settings.workers, settings.host, settings.port,
              " ".join(str(c.pid) for c in children))
 

@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intra-op-threads", type=int, default=int(_env("INTRA_OP_THREADS", 1)))
     p.add_argument("--execution", choices=EXECUTION, default=_env("EXECUTION", "auto"),
                    help="where models run: 'inline' on the event loop (no thread hand-off), 'thread' in "
-                   "--instances worker threads, 'auto' (default): inline on a single usable core or for "
-                   "models that compute in under 100 us, threads otherwise")
+                   "--instances worker threads (batches grow while one computes), 'auto' (default): a "
+                   "request that finds its model idle runs inline if the model computes in under 1 ms, "
+                   "queued work inline under 50 us per execution and in threads otherwise")
     p.add_argument("--event-loop", choices=EVENT_LOOPS, default=_env("EVENT_LOOP", "asyncio"),
                    help="asyncio (default) or uvloop (pip install uvloop; about 10%% less CPU per request "
                    "in the gRPC stack)")

@@ -377,19 +377,24 @@ def test_scheduler_isolates_a_failing_request(execution):
     async def scenario():
         backend = _FakeBackend()
         scheduler = _scheduler(backend, execution=execution, instances=1)
-        values = [1.0, -1.0, 3.0]
+        if execution == "thread":
+            backend.gate.clear()  # the first request holds the worker while the others queue up
+        # The first request finds the model idle and runs at once; the three behind it batch.
+        values = [5.0, 1.0, -1.0, 3.0]
         tasks = [asyncio.ensure_future(scheduler.infer({"x": np.full((1, 2), v)}, ["y"], "s")) for v in values]
+        await asyncio.sleep(0.05)
+        backend.gate.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         scheduler.close()
         return backend.calls, results
 
     calls, results = asyncio.run(scenario())
-    assert calls[0] == 3  # one batch first, then each request alone
+    assert calls == [1, 3, 1, 1, 1]  # the batch of three fails, then each of them runs alone
     from mimo.serving.errors import BackendFailure
 
-    assert isinstance(results[1], BackendFailure)
-    np.testing.assert_array_equal(results[0]["y"], np.full((1, 2), 2.0))
-    np.testing.assert_array_equal(results[2]["y"], np.full((1, 2), 6.0))
+    assert isinstance(results[2], BackendFailure)
+    for i, value in ((0, 5.0), (1, 1.0), (3, 3.0)):
+        np.testing.assert_array_equal(results[i]["y"], np.full((1, 2), 2 * value))
 
 
 def test_scheduler_respects_max_batch_size_and_order():
@@ -397,13 +402,15 @@ def test_scheduler_respects_max_batch_size_and_order():
         backend = _FakeBackend()
         scheduler = _scheduler(backend, execution="inline", max_batch_size=4)
         tasks = [asyncio.ensure_future(scheduler.infer({"x": np.full((b, 1), float(i))}, ["y"], "s"))
-                 for i, b in enumerate([1, 2, 2, 1, 3])]
+                 for i, b in enumerate([1, 2, 2, 1, 3])]  # all arrive in one loop iteration
         results = await asyncio.gather(*tasks)
         scheduler.close()
         return backend.calls, results
 
     calls, results = asyncio.run(scenario())
-    assert calls == [3, 3, 3]  # [1,2] then [2,1] then [3]: never more than 4 items, FIFO
+    # The first finds the model idle and runs alone; then [2, 2] and [1, 3]: never more than 4
+    # items, in arrival order.
+    assert calls == [1, 4, 4]
     for i, got in enumerate(results):
         assert (got["y"] == 2.0 * i).all()
 
@@ -417,3 +424,50 @@ def test_scheduler_without_batching_runs_requests_one_by_one():
         return backend.calls
 
     assert asyncio.run(scenario()) == [1, 1, 1, 1, 1]
+
+
+# -- several server processes on one port (mimo serve --workers N) ---------------------------------
+
+
+def test_workers_share_the_port_and_stop_together(exported_repo, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import free_port
+
+    (tmp_path / "repo").mkdir()
+    repo = repository_with(tmp_path / "repo", exported_repo, ["mlp"])
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mimo.cli", "serve", "--model-repository", str(repo), "--port", str(port),
+         "--metrics-port", "0", "--workers", "2", "--grace-seconds", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        stub = stub_for(f"127.0.0.1:{port}")
+
+        def ready():
+            try:
+                return stub.ModelReady(pb.ModelReadyRequest(name="mlp"), timeout=2).ready
+            except grpc.RpcError:
+                return False
+
+        wait_for(ready, timeout=120)
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True,
+                                                  text=True).stdout.split()]
+        assert len(workers) == 2
+        x = sample_inputs(exported_repo, "mlp", 3)
+        for _ in range(4):  # new channels: the kernel spreads connections over the workers
+            got = codec.decode_infer_response(stub_for(f"127.0.0.1:{port}").ModelInfer(request("mlp", x), timeout=30))
+            assert_close(got, unbatched(exported_repo, "mlp", x))
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+        for pid in workers:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
