@@ -126,13 +126,20 @@ def _goals(rows: Rows) -> list[str]:
                  for model in ("mlp", "qa", "posts") for m in ("unary", "streaming")]
         if any(c != "-" for c in cells):
             out.append(f"| {label} | " + " | ".join(cells) + " |")
-    out += ["", "Latency at c=1 (p50 ms): mimo against the floor, and what batching costs when idle:", "",
+    turns = bool(rows.get("c=1 in turns: mimo", "unary", "mlp", 1))
+    out += ["", "Latency at c=1 (p50 ms): mimo against the floor, and what batching costs when idle"
+            + (" (the three servers side by side, measured in turns; median of 3):" if turns else ":"), "",
             "| model | floor (echo, no model) | mimo, batching on | ratio to floor | mimo, batching off | on / off |",
             "|---|---:|---:|---:|---:|---:|"]
     for model in ("mlp", "qa", "posts"):
-        floor = rows.get("grpc.aio floor", "unary", model, 1)
-        on = rows.get(MIMO_DEFAULT, "unary", model, 1)
-        off = rows.get("mimo no-batching", "unary", model, 1)
+        if turns:
+            floor = rows.get("c=1 in turns: floor", "unary", model, 1)
+            on = rows.get("c=1 in turns: mimo", "unary", model, 1)
+            off = rows.get("c=1 in turns: mimo no-batching", "unary", model, 1)
+        else:
+            floor = rows.get("grpc.aio floor", "unary", model, 1)
+            on = rows.get(MIMO_DEFAULT, "unary", model, 1)
+            off = rows.get("mimo no-batching", "unary", model, 1)
         ratio_floor = f"{on['p50_ms'] / floor['p50_ms']:.2f}x" if on and floor else "-"
         on_off = f"{on['p50_ms'] / off['p50_ms']:.3f}" if on and off else "-"
         out.append(f"| {model} | {_fmt(floor and floor['p50_ms'], 3)} | {_fmt(on and on['p50_ms'], 3)} | {ratio_floor} | "
@@ -230,7 +237,8 @@ def plot(document: dict, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     meta = document["meta"]

@@ -6,6 +6,8 @@ core 0, the load generator (Triton's perf_analyzer, gRPC, batch 1, closed loop) 
   floor (i)    ONNX Runtime in-process, batch 1 / 8 / 32 (bench/floor_ort.py)
   floor (ii)   the bare grpc.aio KServe-v2 echo server (../shared/peers/floor_kserve.py --mode echo):
                the Python unary (and streaming) floor, no model
+  c=1 in turns the floor, mimo and mimo --no-batching side by side, c=1 unary measured alternately
+               (3 turns, median p50): the latency comparisons, robust to a shared machine
   mimo         `mimo serve` with batching on (the default), --no-batching, and --event-loop uvloop;
                unary ModelInfer and streaming ModelStreamInfer; mlp, qa, posts at concurrency 1, 8, 32
   workers      `mimo serve --workers 2` on core 0, and unpinned with and without workers (c=32)
@@ -172,9 +174,10 @@ class Bench:
         self.rows: list[dict] = []
 
     def perf(self, server: str, mode: str, model: str, conc: int, port: int, pid: int | None,
-             data: str | None = None, extra: list[str] | None = None, count_cpu: bool = True) -> dict:
+             data: str | None = None, extra: list[str] | None = None, count_cpu: bool = True,
+             keep: bool = True, tag_suffix: str = "") -> dict:
         data = data or model
-        tag = f"{server}.{mode}.{data}.c{conc}"
+        tag = f"{server}.{mode}.{data}.c{conc}{tag_suffix}"
         csv_path = self.out / f"{tag}.csv"
         base = [
             "taskset", "-c", CLIENT_CORE, "timeout", "150", str(self.args.perf_analyzer),
@@ -209,8 +212,9 @@ class Bench:
             row = {"server": server, "mode": mode, "model": model, "data": data, "conc": conc, "infer_s": None,
                    "p50_ms": None, "p99_ms": None, "cpu_us": None, "load1": round(load1(), 2),
                    "note": f"FAIL: {tail[0][:120]}"}
-        self.rows.append(row)
-        self.save()
+        if keep:
+            self.rows.append(row)
+            self.save()
         show = "FAIL" if row["infer_s"] is None else (
             f"{row['infer_s']:8.0f}/s p50 {row['p50_ms']:7.3f} p99 {row['p99_ms']:7.3f} ms"
             + (f" cpu {row['cpu_us']:5.0f} us/req" if row["cpu_us"] else "")
@@ -316,6 +320,48 @@ def run_floor(bench: Bench, concs, modes) -> None:
                                count_cpu=False)
     finally:
         stop(server)
+
+
+def run_idle_latency(bench: Bench, repo: Path, rounds: int = 3) -> None:
+    """c=1 unary latency of the floor, mimo and mimo --no-batching, measured in turns.
+
+    The three servers run at once (idle ones cost nothing) and are measured alternately, `rounds`
+    times each; the row keeps the median p50. Minutes apart on a shared machine, separate runs
+    differ by more than what these comparisons look for (1.25x the floor; batching on vs off).
+    """
+    servers = []
+    script = bench.args.peers_dir / "floor_kserve.py"
+    plan = [("floor", [PYTHON, str(script), str(bench.out), "--mode", "echo", "--port", str(FLOOR_PORT)],
+             FLOOR_PORT, ["-x", "1"])] if script.is_file() else []
+    base = MIMO + ["serve", "--model-repository", str(repo), "--metrics-port", "0", "--log-level", "WARNING"]
+    plan += [("mimo", base + ["--port", str(MIMO_PORT)], MIMO_PORT, []),
+             ("mimo no-batching", base + ["--port", str(MIMO_PORT + 1), "--no-batching"], MIMO_PORT + 1, [])]
+    for _, _, port, _ in plan:
+        if port_taken(port):
+            raise RuntimeError(f"port {port} is taken")
+    print(f"== c=1 latency in turns ({rounds} rounds): {', '.join(p[0] for p in plan)}", flush=True)
+    try:
+        for name, command, port, extra in plan:
+            servers.append((name, start(command, bench.out / f"idle-{name}.server.log"), port, extra))
+        for name, server, port, _ in servers:
+            wait_ready(port, ["mlp", "qa"], server)
+        samples: dict[tuple, list[dict]] = {}
+        for turn in range(rounds):
+            for model in ("mlp", "qa"):
+                for name, server, port, extra in servers:
+                    row = bench.perf(f"c=1 in turns: {name}", "unary", model, 1, port, server.pid, extra=extra,
+                                     count_cpu=name != "floor", keep=False, tag_suffix=f".turn{turn}")
+                    if row["infer_s"]:
+                        samples.setdefault((name, model), []).append(row)
+        for (name, model), rows in samples.items():
+            rows.sort(key=lambda r: r["p50_ms"])
+            middle = dict(rows[len(rows) // 2])
+            middle["note"] = f"median p50 of {len(rows)} turns: " + ", ".join(f"{r['p50_ms']:.3f}" for r in rows)
+            bench.rows.append(middle)
+        bench.save()
+    finally:
+        for _, server, _, _ in servers:
+            stop(server)
 
 
 def run_floor_ort(bench: Bench, repo: Path) -> dict:
@@ -456,7 +502,7 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["mlp", "qa", "posts"])
     ap.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["floor-ort", "floor", "nobatch", "uvloop", "workers", "padding"],
+                    choices=["floor-ort", "floor", "idle", "nobatch", "uvloop", "workers", "padding"],
                     help="leave steps out")
     ap.add_argument("--perf-analyzer", type=Path, default=PROJECT / ".venv-pa" / "bin" / "perf_analyzer")
     ap.add_argument("--peers-dir", type=Path, default=Path(os.environ.get("PEERS_DIR", PROJECT.parent / "shared" / "peers")))
@@ -489,6 +535,8 @@ def main() -> int:
         modes = ["unary", "streaming"]
         if "floor" not in args.skip:
             run_floor(bench, args.concurrency, modes)
+        if "idle" not in args.skip:
+            run_idle_latency(bench, repo)
         run_mimo(bench, "mimo", repo, [], args.models, args.concurrency, modes)
         if "nobatch" not in args.skip:
             run_mimo(bench, "mimo no-batching", repo, ["--no-batching"], args.models, args.concurrency, modes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -101,6 +102,10 @@ async def _serve(settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    # Everything loaded so far (modules, models, descriptors: ~45k objects) lives as long as the
+    # process: keep it out of the cyclic GC's full collections (each took ~9 ms, a p99 spike).
+    gc.collect()
+    gc.freeze()
     if settings.metrics_port:
         start_metrics_server(settings.metrics_port, settings.host)
     print(f"mimo: serving on {settings.host}:{server.port} (ready: {server.ready()})", flush=True)
