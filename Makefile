@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(subst ,,$(EXTRAS))
 PA_VENV ?= .venv-pa
 PA_STAMP := $(PA_VENV)/.installed
 
-.PHONY: install serve export test test-fast bench protos clean perf-analyzer test-container
+.PHONY: install serve export test test-fast bench protos clean perf-analyzer test-container native
 
 install: $(STAMP)
 
@@ -25,15 +25,21 @@ $(PA_STAMP):
 	bash scripts/install_perf_analyzer.sh $(PA_VENV)
 	touch $@
 
-# Export the notebook's models into ./models (only when it is empty), then serve them.
+# mimo's native gRPC transport (C++, grpc++ from apt): rebuilt when its source changes.
+native: install
+	bash scripts/build_native.sh $(BIN)/python
+
+# Export the notebook's models into ./models (only when it is empty), then serve them. Without the
+# native transport (no apt, no root) the server runs on grpc.aio.
 serve: install
+	@$(MAKE) --no-print-directory native || echo "mimo: native transport not built; serving with grpc.aio"
 	@if [ -z "$$(ls -A $(MODELS) 2>/dev/null)" ]; then $(BIN)/mimo export --out $(MODELS); fi
 	exec $(BIN)/mimo serve --model-repository $(MODELS)
 
 export: install
 	$(BIN)/mimo export --out $(MODELS)
 
-test: install perf-analyzer
+test: install perf-analyzer native
 	$(BIN)/python -m pytest -q -ra
 
 # Build the server image (podman, demo models baked in), run it, call it, SIGTERM it mid-request.

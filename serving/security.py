@@ -20,15 +20,22 @@ OPEN_METHODS = (
 )
 
 
-def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+def tls_material(settings: ServerSettings) -> tuple[bytes, bytes, bytes | None] | None:
+    """(key, certificate chain, client CA or None) in PEM, or None without TLS."""
     if not settings.tls_cert:
         return None
-    pair = (settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())
-    if settings.tls_client_ca:
-        return grpc.ssl_server_credentials(
-            [pair], root_certificates=settings.tls_client_ca.read_bytes(), require_client_auth=True
-        )
-    return grpc.ssl_server_credentials([pair])
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return settings.tls_key.read_bytes(), settings.tls_cert.read_bytes(), client_ca
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    material = tls_material(settings)
+    if material is None:
+        return None
+    key, cert, client_ca = material
+    if client_ca:
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
+    return grpc.ssl_server_credentials([(key, cert)])
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):

@@ -13,11 +13,12 @@ import threading
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from mimo.protos import POOL, grpc_service_pb2, grpc_service_pb2_grpc
+from mimo.serving import native_server
 from mimo.serving.registry import READY, Registry
-from mimo.serving.security import TokenInterceptor, server_credentials
+from mimo.serving.security import TokenInterceptor, server_credentials, tls_material
 from mimo.serving.servicers.kserve import InferenceServicer
 from mimo.serving.settings import ServerSettings
 
@@ -58,16 +59,7 @@ class MimoServer:
         """Load the repository (RepositoryError if malformed), then listen; returns the port."""
         await self.registry.load_all()
         self._loaded = True
-        interceptors = [TokenInterceptor(self.settings.token)] if self.settings.token else []
-        limit = self.settings.max_message_bytes
-        server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 1),
-            ],
-        )
+        server = self._make_server()
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.registry, self.ready), server
         )
@@ -79,15 +71,11 @@ class MimoServer:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ] + self._tf_serving_names
-        reflection.enable_server_reflection(services, server, pool=POOL)
-        address = f"{self.settings.host}:{self.settings.port}"
-        credentials = server_credentials(self.settings)
-        if credentials is None:
-            self.port = server.add_insecure_port(address)
-        else:
-            self.port = server.add_secure_port(address, credentials)
-        if not self.port:
-            raise OSError(f"could not listen on {address}")
+        # Not enable_server_reflection(): it picks the sync servicer for anything but grpc.aio.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(services, pool=POOL), server
+        )
+        self.port = self._listen(server)
         await server.start()
         self._server = server
         await self.update_health()
@@ -96,6 +84,38 @@ class MimoServer:
         log.info("mimo serving %d model version(s) on %s:%d", len(self.registry.ready_versions()),
                  self.settings.host, self.port)
         return self.port
+
+    def _make_server(self):
+        """The native transport when it is built and wanted, else grpc.aio: same services on both."""
+        interceptors = [TokenInterceptor(self.settings.token)] if self.settings.token else []
+        limit = self.settings.max_message_bytes
+        if self.settings.native_frontend:
+            log.info("gRPC frontend: native (mimo's C++ transport, grpc++ %s)", native_server.native.GRPC_VERSION)
+            return native_server.NativeServer(interceptors=interceptors, max_message_bytes=limit)
+        log.info("gRPC frontend: python (grpc.aio %s)", grpc.__version__)
+        return grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 1),
+            ],
+        )
+
+    def _listen(self, server) -> int:
+        address = f"{self.settings.host}:{self.settings.port}"
+        if isinstance(server, native_server.NativeServer):
+            material = tls_material(self.settings)
+            port = server.add_insecure_port(address) if material is None else server.add_tls_port(address, *material)
+        else:
+            credentials = server_credentials(self.settings)
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
+        if not port:
+            raise OSError(f"could not listen on {address}")
+        return port
 
     _tf_serving_names: list[str] = []
 

@@ -23,6 +23,7 @@ BACKENDS = ("onnxruntime", "tensorflow")
 EXECUTION = ("auto", "inline", "thread")
 EVENT_LOOPS = ("asyncio", "uvloop")
 DEVICES = ("auto", "cpu", "gpu")
+FRONTENDS = ("auto", "native", "python")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class ServerSettings:
     execution: str = "auto"  # where models run: auto | inline (event loop) | thread (worker threads)
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT), each loading every model
     event_loop: str = "asyncio"  # asyncio | uvloop (uvloop must be installed)
+    frontend: str = "auto"  # gRPC transport: native (C++, scripts/build_native.sh) | python (grpc.aio) | auto
     batching: bool = True
     max_queue_delay_ms: float = 0.0  # extra wait for a fuller batch; 0 = batch what is queued
     max_queue_size: int = 1024  # requests waiting per model before RESOURCE_EXHAUSTED
@@ -54,6 +56,15 @@ class ServerSettings:
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
+
+    @property
+    def native_frontend(self) -> bool:
+        """Whether the server runs on the native transport (auto: when it is built)."""
+        if self.frontend == "python":
+            return False
+        from mimo.serving import native_server
+
+        return self.frontend == "native" or native_server.available()
 
     @property
     def executions_per_model(self) -> int:
@@ -101,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event-loop", choices=EVENT_LOOPS, default=_env("EVENT_LOOP", "asyncio"),
                    help="asyncio (default) or uvloop (pip install uvloop; about 10%% less CPU per request "
                    "in the gRPC stack)")
+    p.add_argument("--frontend", choices=FRONTENDS, default=_env("FRONTEND", "auto"),
+                   help="gRPC transport: 'native' (mimo's C++ transport: HTTP/2 and gRPC off the Python "
+                   "thread, several times cheaper per call), 'python' (grpc.aio), 'auto' (default): native "
+                   "when it is built (scripts/build_native.sh), else python")
     p.add_argument("--workers", type=int, default=int(_env("WORKERS", 1)),
                    help="server processes sharing the port (SO_REUSEPORT); each loads every model "
                    "(default 1)")
@@ -136,6 +151,12 @@ def parse_settings(argv: list[str]) -> ServerSettings:
             import uvloop  # noqa: F401
         except ImportError:
             parser.error("--event-loop uvloop: uvloop is not installed (pip install uvloop)")
+    if args.frontend == "native":
+        from mimo.serving import native_server
+
+        if not native_server.available():
+            parser.error(f"--frontend native: the native transport is not built ({native_server.IMPORT_ERROR}); "
+                         "run scripts/build_native.sh or use --frontend python")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     if args.workers > 1 and args.port == 0:
@@ -156,6 +177,7 @@ def parse_settings(argv: list[str]) -> ServerSettings:
         execution=args.execution,
         workers=args.workers,
         event_loop=args.event_loop,
+        frontend=args.frontend,
         batching=args.batching,
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_size=args.max_queue_size,

@@ -1,0 +1,341 @@
+"""The native frontend: grpc.aio.Server's interface over mimo's C++ gRPC transport.
+
+grpc.aio spends about 330 us of CPU per unary call in its own machinery (bench/README.md). The
+transport (native/grpc_transport.cc, built by scripts/build_native.sh) terminates HTTP/2 and gRPC
+in C++ threads and hands this module (method, metadata, request bytes) events in batches, woken
+through one file descriptor on the event loop. Here they run through the same servicers,
+interceptors, codec and error mapping as under grpc.aio: the services are registered on this
+object exactly as on a grpc.aio server, so the server assembly does not care which one it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import inspect
+import logging
+import time
+from typing import NamedTuple
+
+import grpc
+
+try:
+    from mimo.serving import _grpc_transport as native
+except ImportError as exc:  # not built (scripts/build_native.sh), or grpc++ missing at run time
+    native = None
+    IMPORT_ERROR = str(exc)
+else:
+    IMPORT_ERROR = ""
+
+log = logging.getLogger("mimo.serving")
+
+STREAM_WINDOW = 128  # request messages a stream may have read ahead of its handler
+
+
+def available() -> bool:
+    return native is not None
+
+
+def _code(status: grpc.StatusCode) -> int:
+    return status.value[0]
+
+
+class _Details(NamedTuple):
+    """grpc.HandlerCallDetails, as interceptors and generic handlers read it."""
+
+    method: str
+    invocation_metadata: tuple
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class NativeContext:
+    """The parts of grpc.aio.ServicerContext that servicers use."""
+
+    __slots__ = ("_metadata", "_deadline", "_peer", "_code", "_details", "_cancelled")
+
+    def __init__(self, metadata: tuple, timeout: float, peer: str):
+        self._metadata = metadata
+        self._deadline = time.monotonic() + timeout if timeout >= 0 else None
+        self._peer = peer
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+        self._cancelled = False
+
+    def invocation_metadata(self) -> tuple:
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def peer(self) -> str:
+        return self._peer
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()) -> None:
+        raise _Abort(code, details)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def code(self):
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def done(self) -> bool:
+        return self._cancelled
+
+    def set_trailing_metadata(self, metadata) -> None:
+        pass  # nothing of mimo's sends trailing metadata
+
+    async def send_initial_metadata(self, metadata) -> None:
+        pass
+
+
+class _RequestStream:
+    """The request messages of one streaming call, as an async iterator; each message taken
+    lets the transport read one more (back-pressure)."""
+
+    __slots__ = ("_transport", "_call", "_deserialize", "_messages", "_ended", "_waiter")
+
+    def __init__(self, transport, call: int):
+        self._transport = transport
+        self._call = call
+        self._deserialize = None  # set once the handler is known; messages may arrive before
+        self._messages: collections.deque = collections.deque()
+        self._ended = False
+        self._waiter: asyncio.Future | None = None
+
+    def push(self, payload: bytes) -> None:
+        self._messages.append(payload)
+        self._wake()
+
+    def end(self) -> None:
+        self._ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        while not self._messages:
+            if self._ended:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        payload = self._messages.popleft()
+        self._transport.ack(self._call)
+        try:
+            return self._deserialize(payload) if self._deserialize else payload
+        except Exception as exc:  # noqa: BLE001
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"could not parse a request message: {exc}") from exc
+
+
+class NativeServer:
+    """Registered like a grpc.aio.Server (the generated add_*_to_server functions work on it)."""
+
+    def __init__(self, *, interceptors=(), max_message_bytes: int = 4 * 1024 * 1024):
+        if native is None:
+            raise RuntimeError(f"the native transport is not built ({IMPORT_ERROR}); run scripts/build_native.sh")
+        self._interceptors = list(interceptors)
+        self._max_message_bytes = max_message_bytes
+        self._registered: dict[str, grpc.RpcMethodHandler] = {}
+        self._generic: list[grpc.GenericRpcHandler] = []
+        self._transport = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: dict[int, asyncio.Task] = {}
+        self._streams: dict[int, _RequestStream] = {}
+        self._stopped = asyncio.Event()
+
+    # -- registration, as on grpc.aio.Server ----------------------------------------------------
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self._generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        for name, handler in handlers.items():
+            self._registered[f"/{service}/{name}"] = handler
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._listen(address)
+
+    def add_tls_port(self, address: str, key: bytes, cert: bytes, client_ca: bytes | None) -> int:
+        return self._listen(address, key.decode(), cert.decode(), (client_ca or b"").decode())
+
+    def _listen(self, address: str, key: str = "", cert: str = "", client_ca: str = "") -> int:
+        if self._transport is not None:
+            raise RuntimeError("the native server listens on one address")
+        # Unary methods arrive as one event carrying their request; the others as a stream.
+        unary = {m for m, h in self._registered.items() if not (h.request_streaming or h.response_streaming)}
+        self._transport = native.Transport(address, self._max_message_bytes, unary, STREAM_WINDOW, key, cert, client_ca)
+        try:
+            return self._transport.start()
+        except RuntimeError as exc:
+            self._transport = None
+            raise OSError(str(exc)) from exc
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._transport is None:
+            raise RuntimeError("no port: call add_insecure_port or add_tls_port first")
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._transport.fileno(), self._on_events)
+        self._on_events()  # calls that arrived between listening and now
+
+    async def stop(self, grace: float | None) -> None:
+        """Refuse new calls, let running ones finish for `grace` seconds, then cancel the rest."""
+        if self._transport is not None and self._loop is not None:
+            await self._loop.run_in_executor(None, self._transport.shutdown, float(grace or 0))
+            self._loop.remove_reader(self._transport.fileno())
+            self._on_events()
+        for task in list(self._tasks.values()):
+            task.cancel()
+        self._stopped.set()
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._stopped.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def _on_events(self) -> None:
+        transport = self._transport
+        for kind, call, method, payload, metadata, timeout, peer in transport.drain():
+            if kind == native.UNARY:
+                self._tasks[call] = self._loop.create_task(self._unary(call, method, payload, metadata, timeout, peer))
+            elif kind == native.MESSAGE:
+                stream = self._streams.get(call)
+                if stream is not None:
+                    stream.push(payload)
+            elif kind == native.OPEN:
+                # Registered now: this very batch of events may hold the stream's first messages.
+                self._streams[call] = requests = _RequestStream(transport, call)
+                self._tasks[call] = self._loop.create_task(
+                    self._streaming(call, requests, method, metadata, timeout, peer))
+            elif kind == native.END:
+                stream = self._streams.get(call)
+                if stream is not None:
+                    stream.end()
+            elif kind == native.GONE:
+                task = self._tasks.get(call)
+                if task is not None:
+                    task.cancel()
+
+    async def _handler(self, method: str, metadata: tuple):
+        if not self._interceptors:
+            return self._registered.get(method) or self._generic_handler(_Details(method, metadata))
+        continuation = self._continuation
+        for interceptor in reversed(self._interceptors):
+            continuation = functools.partial(interceptor.intercept_service, continuation)
+        return await continuation(_Details(method, metadata))
+
+    async def _continuation(self, details: _Details):
+        return self._registered.get(details.method) or self._generic_handler(details)
+
+    def _generic_handler(self, details: _Details):
+        for generic in self._generic:
+            handler = generic.service(details)
+            if handler is not None:
+                return handler
+        return None
+
+    async def _unary(self, call: int, method: str, payload: bytes, metadata: tuple, timeout: float, peer: str):
+        transport = self._transport
+        context = NativeContext(metadata, timeout, peer)
+        try:
+            handler = await self._handler(method, metadata)
+            if handler is None:
+                transport.finish(call, _code(grpc.StatusCode.UNIMPLEMENTED), f"unknown method {method}")
+                return
+            request = _parse(handler, payload)
+            response = handler.unary_unary(request, context)
+            if inspect.isawaitable(response):
+                response = await response
+            if context._code not in (None, grpc.StatusCode.OK):
+                transport.finish(call, _code(context._code), context._details)
+            else:
+                transport.reply(call, handler.response_serializer(response))
+        except BaseException as exc:  # noqa: BLE001 - every failure answers the call
+            self._fail(call, method, exc, context)
+        finally:
+            self._tasks.pop(call, None)
+
+    async def _streaming(self, call: int, requests: _RequestStream, method: str, metadata: tuple, timeout: float,
+                         peer: str):
+        transport = self._transport
+        context = NativeContext(metadata, timeout, peer)
+        try:
+            handler = await self._handler(method, metadata)
+            if handler is None:
+                transport.finish(call, _code(grpc.StatusCode.UNIMPLEMENTED), f"unknown method {method}")
+                return
+            requests._deserialize = handler.request_deserializer
+            if handler.request_streaming:
+                argument = requests
+                behaviour = handler.stream_stream if handler.response_streaming else handler.stream_unary
+            else:  # unary request, streamed response (e.g. health Watch): exactly one message
+                argument = await anext(requests, None)
+                if argument is None:
+                    raise _Abort(grpc.StatusCode.INTERNAL, "the call carried no request message")
+                behaviour = handler.unary_stream
+            serialize = handler.response_serializer or (lambda r: r)
+            result = behaviour(argument, context)
+            if handler.response_streaming and hasattr(result, "__aiter__"):
+                async for response in result:
+                    transport.write(call, serialize(response))
+            else:
+                response = await result if inspect.isawaitable(result) else result
+                if response is not None and not handler.response_streaming:
+                    transport.write(call, serialize(response))
+            code = context._code or grpc.StatusCode.OK
+            transport.finish(call, _code(code), context._details)
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(call, method, exc, context)
+        finally:
+            self._streams.pop(call, None)
+            self._tasks.pop(call, None)
+
+    def _fail(self, call: int, method: str, exc: BaseException, context: NativeContext) -> None:
+        """The status of a call whose handler raised: an abort's own, CANCELLED when the call was
+        cancelled (client gone, deadline, shutdown), else UNKNOWN as grpc answers."""
+        if isinstance(exc, _Abort):
+            code, details = exc.code, exc.details
+        elif isinstance(exc, asyncio.CancelledError):
+            context._cancelled = True
+            code, details = grpc.StatusCode.CANCELLED, "the call was cancelled"
+        else:
+            log.exception("unexpected error in %s", method)
+            code, details = grpc.StatusCode.UNKNOWN, f"unexpected {type(exc).__name__}: {exc}"
+        self._transport.finish(call, _code(code), details)
+        if not isinstance(exc, Exception) and not isinstance(exc, asyncio.CancelledError):
+            raise exc  # KeyboardInterrupt, SystemExit
+
+
+def _parse(handler: grpc.RpcMethodHandler, payload: bytes):
+    if handler.request_deserializer is None:
+        return payload
+    try:
+        return handler.request_deserializer(payload)
+    except Exception as exc:  # noqa: BLE001
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"could not parse the request message: {exc}") from exc
