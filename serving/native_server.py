@@ -58,7 +58,7 @@ class _Abort(Exception):
 class NativeContext:
     """The parts of grpc.aio.ServicerContext that servicers use."""
 
-    __slots__ = ("_metadata", "_deadline", "_peer", "_code", "_details", "_cancelled")
+    __slots__ = ("_metadata", "_deadline", "_peer", "_code", "_details", "_cancelled", "_writer", "_requests")
 
     def __init__(self, metadata: tuple, timeout: float, peer: str):
         self._metadata = metadata
@@ -67,6 +67,18 @@ class NativeContext:
         self._code: grpc.StatusCode | None = None
         self._details = ""
         self._cancelled = False
+        self._writer = None  # streaming responses: handlers may write through the context
+        self._requests: _RequestStream | None = None  # ... and read through it
+
+    async def write(self, message) -> None:
+        if self._writer is None:
+            raise RuntimeError("context.write() on a call without a response stream")
+        self._writer(message)
+
+    async def read(self):
+        if self._requests is None:
+            raise RuntimeError("context.read() on a call without a request stream")
+        return await anext(self._requests, grpc.aio.EOF)
 
     def invocation_metadata(self) -> tuple:
         return self._metadata
@@ -300,6 +312,9 @@ class NativeServer:
                     raise _Abort(grpc.StatusCode.INTERNAL, "the call carried no request message")
                 behaviour = handler.unary_stream
             serialize = handler.response_serializer or (lambda r: r)
+            context._requests = requests
+            if handler.response_streaming:
+                context._writer = lambda response: transport.write(call, serialize(response))
             result = behaviour(argument, context)
             if handler.response_streaming and hasattr(result, "__aiter__"):
                 async for response in result:

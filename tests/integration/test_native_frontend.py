@@ -1,0 +1,236 @@
+"""The native gRPC transport against the grpc.aio frontend: same answers, same errors, and the
+failure modes that only a transport has (bad bytes, cancellation, deadlines, back-pressure).
+
+The rest of the suite runs on the default frontend (native when built); these tests start one
+server of each kind and compare them.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+
+from helpers import sample_inputs, start_server
+from mimo.protos import codec
+from mimo.protos import grpc_service_pb2 as pb
+from mimo.protos import grpc_service_pb2_grpc as pb_grpc
+from mimo.protos.dtypes import numpy_to_datatype
+from mimo.serving import native_server
+from mimo.serving.settings import parse_settings
+
+pytestmark = pytest.mark.skipif(not native_server.available(), reason=f"native transport not built: "
+                                f"{native_server.IMPORT_ERROR} (make native)")
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+@pytest.fixture(scope="module")
+def native(exported_repo):
+    thread = start_server(exported_repo, frontend="native")
+    assert type(thread.server._server).__name__ == "NativeServer"
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture(scope="module")
+def python(exported_repo):
+    thread = start_server(exported_repo, frontend="python")
+    assert isinstance(thread.server._server, grpc.aio.Server)
+    yield thread
+    thread.stop()
+
+
+def _stub(address: str) -> pb_grpc.GRPCInferenceServiceStub:
+    return pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
+
+
+def _triton_inputs(arrays: dict) -> list:
+    inputs = []
+    for name, array in arrays.items():
+        tensor = triton.InferInput(name, list(array.shape), numpy_to_datatype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def _status(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code(), info.value.details()
+
+
+# -- the same answers and the same errors on both frontends ----------------------------------------
+
+
+@pytest.mark.parametrize("model", ["mlp", "qa", "posts"])
+def test_unary_answers_equal_grpc_aio(exported_repo, native, python, model):
+    arrays = sample_inputs(exported_repo, model, 3, seed=7)
+    answers = []
+    for server in (native, python):
+        client = triton.InferenceServerClient(server.address)
+        result = client.infer(model, _triton_inputs(arrays), request_id="r7")
+        assert result.get_response().id == "r7"
+        answers.append({o.name: result.as_numpy(o.name) for o in result.get_response().outputs})
+    assert answers[0].keys() == answers[1].keys() and answers[0]
+    for name in answers[0]:
+        np.testing.assert_array_equal(answers[0][name], answers[1][name], err_msg=name)
+
+
+def test_streaming_answers_in_order_and_equal_unary(exported_repo, native):
+    client = triton.InferenceServerClient(native.address)
+    replies: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: replies.put((result, error)))
+    sent = {}
+    try:
+        for i in range(40):
+            arrays = sample_inputs(exported_repo, "mlp", 1, seed=i)
+            sent[str(i)] = arrays
+            client.async_stream_infer("mlp", _triton_inputs(arrays), request_id=str(i))
+        got = [replies.get(timeout=30) for _ in range(40)]
+    finally:
+        client.stop_stream()
+    assert [r.get_response().id for r, e in got] == [str(i) for i in range(40)]
+    assert all(e is None for _, e in got)
+    unary = triton.InferenceServerClient(native.address)
+    for result, _ in got[:5]:
+        request_id = result.get_response().id
+        direct = unary.infer("mlp", _triton_inputs(sent[request_id]))
+        np.testing.assert_array_equal(result.as_numpy("probs"), direct.as_numpy("probs"))
+
+
+@pytest.mark.parametrize("call", [
+    lambda stub: stub.ModelInfer(pb.ModelInferRequest(model_name="nope"), timeout=10),
+    lambda stub: stub.ModelMetadata(pb.ModelMetadataRequest(name="nope"), timeout=10),
+    lambda stub: stub.ModelInfer(codec.encode_infer_request("mlp", {"wrong": np.zeros((1, 3), np.float32)}),
+                                 timeout=10),
+], ids=["unknown-model-infer", "unknown-model-metadata", "wrong-input-name"])
+def test_errors_equal_grpc_aio(native, python, call):
+    native_status = _status(lambda: call(_stub(native.address)))
+    python_status = _status(lambda: call(_stub(python.address)))
+    assert native_status == python_status
+    assert native_status[0] in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+    assert native_status[1]
+
+
+# -- what only a transport can get wrong -----------------------------------------------------------
+
+
+def test_garbage_bytes_are_invalid_argument_and_the_server_goes_on(exported_repo, native):
+    channel = grpc.insecure_channel(native.address)
+    raw = channel.unary_unary(MODEL_INFER)  # no serializers: bytes in, bytes out
+    code, details = _status(lambda: raw(b"\xff\xff\xff\xff not a protobuf", timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "could not parse the request message" in details
+    arrays = sample_inputs(exported_repo, "mlp", 1)
+    reply = _stub(native.address).ModelInfer(codec.encode_infer_request("mlp", arrays), timeout=10)
+    assert reply.model_name == "mlp"
+
+
+def test_unknown_method_is_unimplemented(native):
+    channel = grpc.insecure_channel(native.address)
+    code, details = _status(lambda: channel.unary_unary("/inference.GRPCInferenceService/NoSuchThing")(b"", timeout=10))
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+    assert "/inference.GRPCInferenceService/NoSuchThing" in details
+
+
+def test_deadline_is_passed_to_the_servicer(exported_repo, native):
+    stub = _stub(native.address)
+    arrays = sample_inputs(exported_repo, "mlp", 1)
+    request = codec.encode_infer_request("mlp", arrays)
+    code, _ = _status(lambda: stub.ModelInfer(request, timeout=1e-6))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert stub.ModelInfer(request, timeout=10).model_name == "mlp"
+
+
+def test_a_cancelled_stream_leaves_no_call_behind_and_others_go_on(exported_repo, native):
+    stub = _stub(native.address)
+    arrays = sample_inputs(exported_repo, "mlp", 1)
+    request = codec.encode_infer_request("mlp", arrays)
+    release = threading.Event()
+
+    def requests():
+        yield request
+        release.wait(10)  # keep the stream open, then the client cancels it
+
+    stream = stub.ModelStreamInfer(requests(), timeout=30)
+    first = next(stream)
+    assert first.infer_response.model_name == "mlp" and not first.error_message
+    stream.cancel()
+    release.set()
+    transport = native.server._server._transport
+    deadline = time.monotonic() + 10
+    while transport.active() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert transport.active() == 0
+    assert stub.ModelInfer(request, timeout=10).model_name == "mlp"
+
+
+def test_a_long_stream_past_the_read_window_answers_every_request_in_order(exported_repo, native):
+    """More requests than the transport reads ahead (STREAM_WINDOW): back-pressure, not loss."""
+    stub = _stub(native.address)
+    count = native_server.STREAM_WINDOW * 3
+    arrays = sample_inputs(exported_repo, "mlp", 1)
+    requests = (codec.encode_infer_request("mlp", arrays, request_id=str(i)) for i in range(count))
+    ids = [reply.infer_response.id for reply in stub.ModelStreamInfer(requests, timeout=120)]
+    assert ids == [str(i) for i in range(count)]
+
+
+def test_a_bad_message_in_a_stream_fails_that_stream_only(exported_repo, native):
+    channel = grpc.insecure_channel(native.address)
+    raw_stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+    code, details = _status(lambda: list(raw_stream(iter([b"\xff\xff\xff\xff"]), timeout=10)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "could not parse a request message" in details
+    arrays = sample_inputs(exported_repo, "mlp", 1)
+    replies = list(_stub(native.address).ModelStreamInfer(iter([codec.encode_infer_request("mlp", arrays)]),
+                                                          timeout=10))
+    assert len(replies) == 1 and not replies[0].error_message
+
+
+def test_concurrent_calls_each_get_their_own_answer(exported_repo, native):
+    stub = _stub(native.address)
+    errors, results = [], {}
+
+    def call(i):
+        try:
+            arrays = sample_inputs(exported_repo, "mlp", 1, seed=i)
+            reply = stub.ModelInfer(codec.encode_infer_request("mlp", arrays, request_id=str(i)), timeout=30)
+            results[i] = (reply.id, codec.decode_infer_response(reply)["probs"], arrays)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(48)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(results) == 48
+    for i in (0, 17, 47):
+        reply_id, probs, arrays = results[i]
+        assert reply_id == str(i)
+        again = codec.decode_infer_response(stub.ModelInfer(codec.encode_infer_request("mlp", arrays), timeout=30))
+        np.testing.assert_array_equal(probs, again["probs"])
+
+
+def test_health_watch_streams_on_the_native_transport(native):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    watch = health_pb2_grpc.HealthStub(grpc.insecure_channel(native.address)).Watch(
+        health_pb2.HealthCheckRequest(service="mlp"), timeout=10)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
+
+
+def test_native_frontend_not_built_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(native_server, "native", None)
+    monkeypatch.setattr(native_server, "IMPORT_ERROR", "No module named '_grpc_transport'")
+    with pytest.raises(SystemExit):
+        parse_settings(["--model-repository", str(tmp_path), "--frontend", "native"])
+    err = capsys.readouterr().err
+    assert "--frontend native: the native transport is not built" in err and "build_native.sh" in err
+    assert parse_settings(["--model-repository", str(tmp_path)]).native_frontend is False
