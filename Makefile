@@ -56,6 +56,7 @@ PEERS ?= 0
 BENCH_ARGS ?=
 bench: perf-analyzer
 	$(MAKE) install EXTRAS=server,dev,bench
+	$(MAKE) native
 	$(BIN)/python bench/run.py $(if $(filter 1 yes true,$(PEERS)),--peers) $(BENCH_ARGS)
 
 protos: install

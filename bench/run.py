@@ -8,7 +8,8 @@ core 0, the load generator (Triton's perf_analyzer, gRPC, batch 1, closed loop) 
                the Python unary (and streaming) floor, no model
   c=1 in turns the floor, mimo and mimo --no-batching side by side, c=1 unary measured alternately
                (3 turns, median p50): the latency comparisons, robust to a shared machine
-  mimo         `mimo serve` with batching on (the default), --no-batching, and --event-loop uvloop;
+  mimo         `mimo serve` defaults (native transport, batching on), --frontend python (grpc.aio),
+               --no-batching, and --event-loop uvloop;
                unary ModelInfer and streaming ModelStreamInfer; mlp, qa, posts at concurrency 1, 8, 32
   workers      `mimo serve --workers 2` on core 0, and unpinned with and without workers (c=32)
   padding      qa under a mixed-length load (bench/mixed_load.py: a random shape per request): the
@@ -502,7 +503,7 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["mlp", "qa", "posts"])
     ap.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["floor-ort", "floor", "idle", "nobatch", "uvloop", "workers", "padding"],
+                    choices=["floor-ort", "floor", "idle", "grpc-aio", "nobatch", "uvloop", "workers", "padding"],
                     help="leave steps out")
     ap.add_argument("--perf-analyzer", type=Path, default=PROJECT / ".venv-pa" / "bin" / "perf_analyzer")
     ap.add_argument("--peers-dir", type=Path, default=Path(os.environ.get("PEERS_DIR", PROJECT.parent / "shared" / "peers")))
@@ -538,6 +539,8 @@ def main() -> int:
         if "idle" not in args.skip:
             run_idle_latency(bench, repo)
         run_mimo(bench, "mimo", repo, [], args.models, args.concurrency, modes)
+        if "grpc-aio" not in args.skip:
+            run_mimo(bench, "mimo grpc.aio", repo, ["--frontend", "python"], args.models, args.concurrency, modes)
         if "nobatch" not in args.skip:
             run_mimo(bench, "mimo no-batching", repo, ["--no-batching"], args.models, args.concurrency, modes)
         if "uvloop" not in args.skip and _has_uvloop():
