@@ -18,8 +18,11 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <thread>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -123,7 +126,7 @@ class Transport {
   }
 
   ~Transport() {
-    if (server_) server_->Shutdown(std::chrono::system_clock::now());
+    Shutdown(0);
     Collect();
     if (efd_ >= 0) close(efd_);
   }
@@ -231,12 +234,32 @@ class Transport {
     return true;
   }
 
+  // Refuse new calls, give running ones until the deadline, then end whatever is left ourselves:
+  // grpc's Shutdown only returns once every reactor has finished, and a cancelled call whose
+  // Python side no longer runs would otherwise never finish.
   void Shutdown(double grace_s) {
-    if (!server_) return;
+    if (!server_ || shut_down_.exchange(true)) return;
     auto deadline = std::chrono::system_clock::now() +
-                    std::chrono::microseconds(static_cast<int64_t>(grace_s * 1e6));
-    server_->Shutdown(deadline);  // waits for calls until the deadline, then cancels the rest
+                    std::chrono::microseconds(static_cast<int64_t>(std::max(0.0, grace_s) * 1e6));
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    std::thread reaper([&] {
+      std::unique_lock<std::mutex> lock(mu);
+      if (cv.wait_until(lock, deadline + std::chrono::milliseconds(200), [&] { return done; })) return;
+      lock.unlock();
+      std::lock_guard<std::recursive_mutex> calls(calls_mu_);
+      for (auto& entry : calls_)
+        entry.second->End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+    });
+    server_->Shutdown(deadline);
     server_->Wait();
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      done = true;
+    }
+    cv.notify_one();
+    reaper.join();
   }
 
   size_t Active() {
@@ -261,6 +284,7 @@ class Transport {
   const std::string tls_key_, tls_cert_, tls_client_ca_;
   Generic service_;
   std::unique_ptr<grpc::Server> server_;
+  std::atomic<bool> shut_down_{false};
   int efd_ = -1;
 
   std::recursive_mutex calls_mu_;

@@ -233,26 +233,33 @@ class NativeServer:
 
     def _on_events(self) -> None:
         transport = self._transport
-        for kind, call, method, payload, metadata, timeout, peer in transport.drain():
-            if kind == native.UNARY:
-                self._tasks[call] = self._loop.create_task(self._unary(call, method, payload, metadata, timeout, peer))
-            elif kind == native.MESSAGE:
-                stream = self._streams.get(call)
-                if stream is not None:
-                    stream.push(payload)
-            elif kind == native.OPEN:
-                # Registered now: this very batch of events may hold the stream's first messages.
-                self._streams[call] = requests = _RequestStream(transport, call)
-                self._tasks[call] = self._loop.create_task(
-                    self._streaming(call, requests, method, metadata, timeout, peer))
-            elif kind == native.END:
-                stream = self._streams.get(call)
-                if stream is not None:
-                    stream.end()
-            elif kind == native.GONE:
-                task = self._tasks.get(call)
-                if task is not None:
-                    task.cancel()
+        for event in transport.drain():
+            try:
+                self._dispatch(transport, *event)
+            except Exception:  # noqa: BLE001 - one event must not lose the others
+                log.exception("native transport: could not dispatch event %s", event[:3])
+                transport.finish(event[1], _code(grpc.StatusCode.INTERNAL), "the server could not take this call")
+
+    def _dispatch(self, transport, kind, call, method, payload, metadata, timeout, peer) -> None:
+        if kind == native.UNARY:
+            self._tasks[call] = self._loop.create_task(self._unary(call, method, payload, metadata, timeout, peer))
+        elif kind == native.MESSAGE:
+            stream = self._streams.get(call)
+            if stream is not None:
+                stream.push(payload)
+        elif kind == native.OPEN:
+            # Registered now: this very batch of events may hold the stream's first messages.
+            self._streams[call] = requests = _RequestStream(transport, call)
+            self._tasks[call] = self._loop.create_task(
+                self._streaming(call, requests, method, metadata, timeout, peer))
+        elif kind == native.END:
+            stream = self._streams.get(call)
+            if stream is not None:
+                stream.end()
+        elif kind == native.GONE:
+            task = self._tasks.get(call)
+            if task is not None:
+                task.cancel()
 
     async def _handler(self, method: str, metadata: tuple):
         if not self._interceptors:

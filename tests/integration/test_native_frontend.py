@@ -234,3 +234,26 @@ def test_native_frontend_not_built_is_a_clear_error(monkeypatch, capsys, tmp_pat
     err = capsys.readouterr().err
     assert "--frontend native: the native transport is not built" in err and "build_native.sh" in err
     assert parse_settings(["--model-repository", str(tmp_path)]).native_frontend is False
+
+
+def test_stop_ends_a_stream_that_never_closes_after_the_grace_period(exported_repo):
+    thread = start_server(exported_repo, frontend="native", grace_seconds=0.5)
+    stub = _stub(thread.address)
+    request = codec.encode_infer_request("mlp", sample_inputs(exported_repo, "mlp", 1))
+    release = threading.Event()
+
+    def requests():
+        yield request
+        release.wait(30)  # the client never half-closes while the server stops
+
+    stream = stub.ModelStreamInfer(requests(), timeout=60)
+    assert next(stream).infer_response.model_name == "mlp"
+    started = time.monotonic()
+    try:
+        thread.stop(grace=0.5)
+        assert time.monotonic() - started < 10
+        with pytest.raises(grpc.RpcError) as info:
+            next(stream)
+        assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    finally:
+        release.set()
