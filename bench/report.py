@@ -128,23 +128,21 @@ def _goals(rows: Rows) -> list[str]:
         if any(c != "-" for c in cells):
             out.append(f"| {label} | " + " | ".join(cells) + " |")
     turns = bool(rows.get("c=1 in turns: mimo", "unary", "mlp", 1))
+    prefix = "c=1 in turns: " if turns else ""
     out += ["", "Latency at c=1 (p50 ms): mimo against the floor, and what batching costs when idle"
-            + (" (the three servers side by side, measured in turns; median of 3):" if turns else ":"), "",
-            "| model | floor (echo, no model) | mimo, batching on | ratio to floor | mimo, batching off | on / off |",
-            "|---|---:|---:|---:|---:|---:|"]
+            + (" (the servers side by side, measured in turns; median of 3):" if turns else ":"), "",
+            "| model | floor (echo, no model) | mimo, batching on | ratio to floor | mimo, batching off | on / off "
+            "| mimo on grpc.aio |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     for model in ("mlp", "qa", "posts"):
-        if turns:
-            floor = rows.get("c=1 in turns: floor", "unary", model, 1)
-            on = rows.get("c=1 in turns: mimo", "unary", model, 1)
-            off = rows.get("c=1 in turns: mimo no-batching", "unary", model, 1)
-        else:
-            floor = rows.get("grpc.aio floor", "unary", model, 1)
-            on = rows.get(MIMO_DEFAULT, "unary", model, 1)
-            off = rows.get("mimo no-batching", "unary", model, 1)
+        floor = rows.get(prefix + "floor" if turns else "grpc.aio floor", "unary", model, 1)
+        on = rows.get(prefix + MIMO_DEFAULT, "unary", model, 1)
+        off = rows.get(prefix + "mimo no-batching", "unary", model, 1)
+        aio = rows.get(prefix + "mimo grpc.aio", "unary", model, 1)
         ratio_floor = f"{on['p50_ms'] / floor['p50_ms']:.2f}x" if on and floor else "-"
         on_off = f"{on['p50_ms'] / off['p50_ms']:.3f}" if on and off else "-"
         out.append(f"| {model} | {_fmt(floor and floor['p50_ms'], 3)} | {_fmt(on and on['p50_ms'], 3)} | {ratio_floor} | "
-                   f"{_fmt(off and off['p50_ms'], 3)} | {on_off} |")
+                   f"{_fmt(off and off['p50_ms'], 3)} | {on_off} | {_fmt(aio and aio['p50_ms'], 3)} |")
     return out + [""]
 
 

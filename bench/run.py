@@ -324,7 +324,7 @@ def run_floor(bench: Bench, concs, modes) -> None:
 
 
 def run_idle_latency(bench: Bench, repo: Path, rounds: int = 3) -> None:
-    """c=1 unary latency of the floor, mimo and mimo --no-batching, measured in turns.
+    """c=1 unary latency of the floor, mimo, mimo --no-batching and mimo on grpc.aio, measured in turns.
 
     The three servers run at once (idle ones cost nothing) and are measured alternately, `rounds`
     times each; the row keeps the median p50. Minutes apart on a shared machine, separate runs
@@ -336,7 +336,8 @@ def run_idle_latency(bench: Bench, repo: Path, rounds: int = 3) -> None:
              FLOOR_PORT, ["-x", "1"])] if script.is_file() else []
     base = MIMO + ["serve", "--model-repository", str(repo), "--metrics-port", "0", "--log-level", "WARNING"]
     plan += [("mimo", base + ["--port", str(MIMO_PORT)], MIMO_PORT, []),
-             ("mimo no-batching", base + ["--port", str(MIMO_PORT + 1), "--no-batching"], MIMO_PORT + 1, [])]
+             ("mimo no-batching", base + ["--port", str(MIMO_PORT + 1), "--no-batching"], MIMO_PORT + 1, []),
+             ("mimo grpc.aio", base + ["--port", str(MIMO_PORT + 2), "--frontend", "python"], MIMO_PORT + 2, [])]
     for _, _, port, _ in plan:
         if port_taken(port):
             raise RuntimeError(f"port {port} is taken")
@@ -345,11 +346,13 @@ def run_idle_latency(bench: Bench, repo: Path, rounds: int = 3) -> None:
         for name, command, port, extra in plan:
             servers.append((name, start(command, bench.out / f"idle-{name}.server.log"), port, extra))
         for name, server, port, _ in servers:
-            wait_ready(port, ["mlp", "qa"], server)
+            wait_ready(port, ["mlp", "qa"] if name == "floor" else ["mlp", "qa", "posts"], server)
         samples: dict[tuple, list[dict]] = {}
         for turn in range(rounds):
-            for model in ("mlp", "qa"):
+            for model in ("mlp", "qa", "posts"):
                 for name, server, port, extra in servers:
+                    if name == "floor" and model == "posts":
+                        continue  # the echo floor serves mlp and qa only
                     row = bench.perf(f"c=1 in turns: {name}", "unary", model, 1, port, server.pid, extra=extra,
                                      count_cpu=name != "floor", keep=False, tag_suffix=f".turn{turn}")
                     if row["infer_s"]:
