@@ -28,6 +28,13 @@ FROM base AS build
 ARG GPU=0
 WORKDIR /src
 RUN python -m venv "$VIRTUAL_ENV"
+# grpc++ headers and a compiler for mimo's native gRPC transport (native/, scripts/build_native.sh)
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ pkg-config libgrpc++-dev \
+ && apt-cache depends libgrpc++-dev | awk '/Depends: libgrpc\+\+[0-9]/ {print $2}' > "$VIRTUAL_ENV/native-runtime-packages" \
+ && test -s "$VIRTUAL_ENV/native-runtime-packages" \
+ && rm -rf /var/lib/apt/lists/*
 # Dependencies in a layer of their own: editing the sources does not reinstall TensorFlow.
 # With GPU=1 the CPU onnxruntime is left out (it conflicts with onnxruntime-gpu: same package).
 # TensorFlow's C++ headers (430 MB, for compiling custom ops) are not needed to serve.
@@ -38,10 +45,17 @@ RUN set -- server; if [ "$GPU" = 1 ]; then set -- server gpu; fi \
  && pip install -r requirements.txt \
  && rm -rf "$VIRTUAL_ENV"/lib/python3*/site-packages/tensorflow/include
 COPY . .
+# The native transport is built into serving/ and goes into the wheel with it. The runtime stage
+# needs grpc++'s shared library only: its Debian name carries the version, so it is read from the
+# -dev package's dependencies here (libgrpc++1.51 on bookworm, libgrpc++1.51t64 on trixie).
 # -P: import the installed wheel, not the ./mimo source folder
-RUN pip install --no-deps . \
+RUN pip install 'pybind11>=2.11,<4' \
+ && bash scripts/build_native.sh python \
+ && pip uninstall -y pybind11 \
+ && pip install --no-deps . \
  && pip check \
- && python -P -c "import mimo.serving.server, mimo.client, mimo.export, onnxruntime as o; print(o.get_available_providers())"
+ && python -P -c "import mimo.serving.server, mimo.client, mimo.export, onnxruntime as o; print(o.get_available_providers())" \
+ && python -P -c "from mimo.serving import native_server as n; assert n.available(), n.IMPORT_ERROR"
 
 # ---- runtime: the venv, a non-root user, health check, and `mimo serve` ----
 FROM base AS runtime
@@ -52,6 +66,12 @@ RUN groupadd --gid 10001 mimo \
  && useradd --uid 10001 --gid mimo --home-dir /home/mimo --create-home --shell /usr/sbin/nologin mimo \
  && mkdir -p /models
 COPY --from=build /opt/mimo /opt/mimo
+# grpc++ for the native transport (the package named by the build stage)
+# hadolint ignore=DL3008,SC2046
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends $(cat /opt/mimo/native-runtime-packages) \
+ && rm -rf /var/lib/apt/lists/* \
+ && python -P -c "from mimo.serving import native_server as n; assert n.available(), n.IMPORT_ERROR"
 # GPU image: make the CUDA libraries that came as pip wheels (nvidia-*-cu12) visible to the dynamic
 # loader, so onnxruntime-gpu's CUDA provider finds them as TensorFlow does.
 RUN if [ "$GPU" = 1 ]; then \

@@ -261,13 +261,18 @@ class NativeServer:
             if task is not None:
                 task.cancel()
 
-    async def _handler(self, method: str, metadata: tuple):
+    async def _handler(self, method: str, metadata: tuple) -> grpc.RpcMethodHandler:
+        """The method's handler, through the interceptors; an unknown method is UNIMPLEMENTED."""
         if not self._interceptors:
-            return self._registered.get(method) or self._generic_handler(_Details(method, metadata))
-        continuation = self._continuation
-        for interceptor in reversed(self._interceptors):
-            continuation = functools.partial(interceptor.intercept_service, continuation)
-        return await continuation(_Details(method, metadata))
+            handler = self._registered.get(method) or self._generic_handler(_Details(method, metadata))
+        else:
+            continuation = self._continuation
+            for interceptor in reversed(self._interceptors):
+                continuation = functools.partial(interceptor.intercept_service, continuation)
+            handler = await continuation(_Details(method, metadata))
+        if handler is None:
+            raise _Abort(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method}")
+        return handler
 
     async def _continuation(self, details: _Details):
         return self._registered.get(details.method) or self._generic_handler(details)
@@ -284,9 +289,6 @@ class NativeServer:
         context = NativeContext(metadata, timeout, peer)
         try:
             handler = await self._handler(method, metadata)
-            if handler is None:
-                transport.finish(call, _code(grpc.StatusCode.UNIMPLEMENTED), f"unknown method {method}")
-                return
             request = _parse(handler, payload)
             response = handler.unary_unary(request, context)
             if inspect.isawaitable(response):
@@ -306,9 +308,6 @@ class NativeServer:
         context = NativeContext(metadata, timeout, peer)
         try:
             handler = await self._handler(method, metadata)
-            if handler is None:
-                transport.finish(call, _code(grpc.StatusCode.UNIMPLEMENTED), f"unknown method {method}")
-                return
             requests._deserialize = handler.request_deserializer
             if handler.request_streaming:
                 argument = requests

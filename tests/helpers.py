@@ -76,3 +76,15 @@ def run_savedmodel(repository: Path, model: str, inputs: dict, signature: str = 
         _saved[key] = tf.saved_model.load(str(Path(repository) / model / str(version) / "model.savedmodel"))
     function = _saved[key].signatures[signature]
     return {k: v.numpy() for k, v in function(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+
+
+def triton_inputs(module, inputs: dict) -> list:
+    """{name: array} as tritonclient InferInputs (module: tritonclient.grpc or tritonclient.grpc.aio)."""
+    from mimo.protos.dtypes import numpy_to_datatype
+
+    built = []
+    for name, array in inputs.items():
+        tensor = module.InferInput(name, list(array.shape), numpy_to_datatype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        built.append(tensor)
+    return built

@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from helpers import sample_inputs, start_server
+from helpers import sample_inputs, start_server, triton_inputs
 from mimo.protos import codec
 from mimo.protos import grpc_service_pb2 as pb
 from mimo.protos import grpc_service_pb2_grpc as pb_grpc
-from mimo.protos.dtypes import numpy_to_datatype
 from mimo.serving import native_server
 from mimo.serving.settings import parse_settings
 
@@ -50,15 +49,6 @@ def _stub(address: str) -> pb_grpc.GRPCInferenceServiceStub:
     return pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
 
 
-def _triton_inputs(arrays: dict) -> list:
-    inputs = []
-    for name, array in arrays.items():
-        tensor = triton.InferInput(name, list(array.shape), numpy_to_datatype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
-
-
 def _status(call) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as info:
         call()
@@ -74,7 +64,7 @@ def test_unary_answers_equal_grpc_aio(exported_repo, native, python, model):
     answers = []
     for server in (native, python):
         client = triton.InferenceServerClient(server.address)
-        result = client.infer(model, _triton_inputs(arrays), request_id="r7")
+        result = client.infer(model, triton_inputs(triton, arrays), request_id="r7")
         assert result.get_response().id == "r7"
         answers.append({o.name: result.as_numpy(o.name) for o in result.get_response().outputs})
     assert answers[0].keys() == answers[1].keys() and answers[0]
@@ -91,7 +81,7 @@ def test_streaming_answers_in_order_and_equal_unary(exported_repo, native):
         for i in range(40):
             arrays = sample_inputs(exported_repo, "mlp", 1, seed=i)
             sent[str(i)] = arrays
-            client.async_stream_infer("mlp", _triton_inputs(arrays), request_id=str(i))
+            client.async_stream_infer("mlp", triton_inputs(triton, arrays), request_id=str(i))
         got = [replies.get(timeout=30) for _ in range(40)]
     finally:
         client.stop_stream()
@@ -100,7 +90,7 @@ def test_streaming_answers_in_order_and_equal_unary(exported_repo, native):
     unary = triton.InferenceServerClient(native.address)
     for result, _ in got[:5]:
         request_id = result.get_response().id
-        direct = unary.infer("mlp", _triton_inputs(sent[request_id]))
+        direct = unary.infer("mlp", triton_inputs(triton, sent[request_id]))
         np.testing.assert_array_equal(result.as_numpy("probs"), direct.as_numpy("probs"))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from helpers import MODELS, run_onnx, run_savedmodel, sample_inputs, start_server
+from helpers import MODELS, run_onnx, run_savedmodel, sample_inputs, start_server, triton_inputs
 from mimo.protos import codec
 from mimo.protos import grpc_service_pb2 as pb
 from mimo.protos import grpc_service_pb2_grpc as pb_grpc
@@ -295,15 +295,6 @@ def test_health_per_model_and_reflection(server):
 # -- an independent client: tritonclient -----------------------------------------------------------
 
 
-def _triton_inputs(module, inputs):
-    from mimo.protos.dtypes import numpy_to_datatype
-
-    built = []
-    for name, array in inputs.items():
-        tensor = module.InferInput(name, list(array.shape), numpy_to_datatype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        built.append(tensor)
-    return built
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -322,7 +313,7 @@ def test_tritonclient_sync(exported_repo, server, model):
     assert [i["name"] for i in config["input"]] == [t["name"] for t in spec["inputs"]]
     for batch in (1, 8):
         inputs = sample_inputs(exported_repo, model, batch, seed=7)
-        result = client.infer(model, _triton_inputs(triton, inputs))
+        result = client.infer(model, triton_inputs(triton, inputs))
         want = run_onnx(exported_repo, model, inputs)
         assert_same({name: result.as_numpy(name) for name in want}, want)
 
@@ -336,7 +327,7 @@ def test_tritonclient_asyncio(exported_repo, server):
             assert await client.is_server_ready()
             for model in MODELS:
                 inputs = sample_inputs(exported_repo, model, 2, seed=11)
-                results = await asyncio.gather(*[client.infer(model, _triton_inputs(triton_aio, inputs))
+                results = await asyncio.gather(*[client.infer(model, triton_inputs(triton_aio, inputs))
                                                  for _ in range(3)])
                 want = run_onnx(exported_repo, model, inputs)
                 for result in results:
@@ -356,7 +347,7 @@ def test_tritonclient_reports_errors(exported_repo, server):
     client = triton.InferenceServerClient(server.address)
     tokens = np.ones((1, 10), np.int32)
     with pytest.raises(InferenceServerException) as error:
-        client.infer("posts", _triton_inputs(triton, {"posts": tokens}))
+        client.infer("posts", triton_inputs(triton, {"posts": tokens}))
     assert "StatusCode.INVALID_ARGUMENT" in str(error.value.status()) and "shorter than" in error.value.message()
 
 
