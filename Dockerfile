@@ -28,10 +28,12 @@ FROM base AS build
 ARG GPU=0
 WORKDIR /src
 RUN python -m venv "$VIRTUAL_ENV"
-# grpc++ headers and a compiler for mimo's native gRPC transport (native/, scripts/build_native.sh)
-# hadolint ignore=DL3008
+# grpc++ headers and a compiler for mimo's native gRPC transport (native/, scripts/build_native.sh),
+# and Python's headers where the base image lacks them (a Debian-Python base, not python:*-slim)
+# hadolint ignore=DL3008,SC2086
 RUN apt-get update \
- && apt-get install -y --no-install-recommends g++ pkg-config libgrpc++-dev \
+ && headers=$(python -c "import os, sysconfig; print('' if os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')) else 'python3-dev')") \
+ && apt-get install -y --no-install-recommends g++ pkg-config libgrpc++-dev $headers \
  && apt-cache depends libgrpc++-dev | awk '/Depends: libgrpc\+\+[0-9]/ {print $2}' > "$VIRTUAL_ENV/native-runtime-packages" \
  && test -s "$VIRTUAL_ENV/native-runtime-packages" \
  && rm -rf /var/lib/apt/lists/*
