@@ -9,7 +9,7 @@ core 0, the load generator (Triton's perf_analyzer, gRPC, batch 1, closed loop) 
   c=1 in turns the floor, mimo and mimo --no-batching side by side, c=1 unary measured alternately
                (3 turns, median p50): the latency comparisons, robust to a shared machine
   mimo         `mimo serve` defaults (native transport, batching on), --frontend python (grpc.aio),
-               --no-batching, and --event-loop uvloop;
+               --no-batching, and --event-loop asyncio (the default is uvloop);
                unary ModelInfer and streaming ModelStreamInfer; mlp, qa, posts at concurrency 1, 8, 32
   workers      `mimo serve --workers 2` on core 0, and unpinned with and without workers (c=32)
   padding      qa under a mixed-length load (bench/mixed_load.py: a random shape per request): the
@@ -506,7 +506,7 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["mlp", "qa", "posts"])
     ap.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["floor-ort", "floor", "idle", "grpc-aio", "nobatch", "uvloop", "workers", "padding"],
+                    choices=["floor-ort", "floor", "idle", "grpc-aio", "nobatch", "asyncio", "workers", "padding"],
                     help="leave steps out")
     ap.add_argument("--perf-analyzer", type=Path, default=PROJECT / ".venv-pa" / "bin" / "perf_analyzer")
     ap.add_argument("--peers-dir", type=Path, default=Path(os.environ.get("PEERS_DIR", PROJECT.parent / "shared" / "peers")))
@@ -546,8 +546,8 @@ def main() -> int:
             run_mimo(bench, "mimo grpc.aio", repo, ["--frontend", "python"], args.models, args.concurrency, modes)
         if "nobatch" not in args.skip:
             run_mimo(bench, "mimo no-batching", repo, ["--no-batching"], args.models, args.concurrency, modes)
-        if "uvloop" not in args.skip and _has_uvloop():
-            run_mimo(bench, "mimo uvloop", repo, ["--event-loop", "uvloop"], args.models, args.concurrency, modes)
+        if "asyncio" not in args.skip:
+            run_mimo(bench, "mimo asyncio", repo, ["--event-loop", "asyncio"], args.models, args.concurrency, modes)
         if "workers" not in args.skip:
             # Worker processes on the one server core, then both configurations unpinned (the server
             # may use both cores, which it shares with perf_analyzer).
@@ -576,15 +576,6 @@ def _uptime() -> str:
         return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     except FileNotFoundError:
         return f"load average {os.getloadavg()}"
-
-
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        print("== mimo uvloop skipped: uvloop not installed (pip install 'mimo-serve[bench]')", flush=True)
-        return False
-    return True
 
 
 if __name__ == "__main__":

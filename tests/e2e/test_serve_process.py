@@ -106,6 +106,11 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(served, exported_rep
     assert process.wait(60) == 0
     output = process.stdout.read()
     assert "draining" in output
+    # The defaults this ran with: the native transport when it is built, uvloop (the server extra).
+    from mimo.serving import native_server
+
+    assert ("gRPC frontend: native" if native_server.available() else "gRPC frontend: python") in output
+    assert "event loop: uvloop" in output
 
 
 def _start_and_fail(*args: str) -> subprocess.CompletedProcess:
@@ -138,7 +143,7 @@ def test_settings_come_from_environment(tmp_path):
     from mimo.serving.settings import parse_settings
 
     env = {"MIMO_MODEL_REPOSITORY": str(tmp_path), "MIMO_PORT": "9123", "MIMO_BACKEND": "tensorflow",
-           "MIMO_MAX_MESSAGE_MB": "8", "MIMO_BATCHING": "0"}
+           "MIMO_MAX_MESSAGE_MB": "8", "MIMO_BATCHING": "0", "MIMO_FRONTEND": "auto"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -146,6 +151,10 @@ def test_settings_come_from_environment(tmp_path):
         assert (settings.model_repository, settings.port, settings.backend) == (tmp_path, 9123, "tensorflow")
         assert settings.max_message_bytes == 8 << 20 and settings.batching is False
         assert parse_settings(["--port", "9200"]).port == 9200  # a flag beats the environment
+        assert parse_settings([]).uses_uvloop is True  # auto: uvloop, which the server extra installs
+        assert parse_settings(["--event-loop", "asyncio"]).uses_uvloop is False
+        os.environ["MIMO_FRONTEND"] = "python"
+        assert parse_settings([]).native_frontend is False
     finally:
         for key, value in saved.items():
             if value is None:
