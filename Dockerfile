@@ -26,6 +26,7 @@ ENV PYTHONUNBUFFERED=1 \
 # ---- build: a virtual environment with the server's dependencies, then the project itself ----
 FROM base AS build
 ARG GPU=0
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 RUN python -m venv "$VIRTUAL_ENV"
 # grpc++ headers and a compiler for mimo's native gRPC transport (native/, scripts/build_native.sh),

@@ -98,8 +98,9 @@ def _goals(rows: Rows) -> list[str]:
             out.append(f"| {name} | " + " | ".join(cells) + " |")
     if not have_any:
         out.append("| (no peers in this run: `make bench PEERS=1`) | - | - | - | - |")
-    configs = [(MIMO_DEFAULT, "default (native transport)"), ("mimo grpc.aio", "--frontend python (grpc.aio)"),
-               ("mimo no-batching", "--no-batching"), ("mimo uvloop", "--event-loop uvloop"),
+    configs = [(MIMO_DEFAULT, "default (native transport, uvloop)"), ("mimo grpc.aio", "--frontend python (grpc.aio)"),
+               ("mimo no-batching", "--no-batching"), ("mimo asyncio", "--event-loop asyncio"),
+               ("mimo uvloop", "--event-loop uvloop"),
                ("mimo workers=2", "--workers 2"), ("mimo unpinned", "unpinned"),
                ("mimo workers=2 unpinned", "--workers 2, unpinned")]
     best = {}
@@ -209,7 +210,7 @@ def plot(document: dict, path: Path) -> None:
     columns = 2 if len(panels) > 1 else 1
     lines = (len(panels) + columns - 1) // columns
     fig, axes = plt.subplots(lines, columns, figsize=(8 * columns, 6 * lines), squeeze=False)
-    fixed = {MIMO_DEFAULT: "tab:red", "mimo grpc.aio": "tab:cyan", "mimo uvloop": "tab:orange", "mimo no-batching": "tab:pink",
+    fixed = {MIMO_DEFAULT: "tab:red", "mimo grpc.aio": "tab:cyan", "mimo uvloop": "tab:orange", "mimo asyncio": "tab:orange", "mimo no-batching": "tab:pink",
              "grpc.aio floor": "black", "triton-pyb": "tab:green", "pytriton": "tab:blue",
              "mls-nobatch": "tab:purple", "mls-batch": "tab:brown", "mls-default": "tab:gray",
              "kserve-ort": "tab:olive", "qa standard, grouped": "tab:red", "qa masked, padded": "tab:blue",

@@ -313,7 +313,8 @@ void Call::Describe(Event& event) const {
   event.method = ctx_->method();
   auto deadline = ctx_->deadline();
   if (deadline != std::chrono::system_clock::time_point::max())
-    event.timeout = std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
+    event.timeout =  // an expired deadline is 0 (not "none", which is negative)
+        std::max(0.0, std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count());
   event.peer = ctx_->peer();
 }
 

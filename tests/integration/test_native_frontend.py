@@ -129,13 +129,25 @@ def test_unknown_method_is_unimplemented(native):
     assert "/inference.GRPCInferenceService/NoSuchThing" in details
 
 
-def test_deadline_is_passed_to_the_servicer(exported_repo, native):
+def test_a_deadline_that_passes_in_the_server_cancels_the_call_and_others_go_on(exported_repo, native):
     stub = _stub(native.address)
-    arrays = sample_inputs(exported_repo, "mlp", 1)
-    request = codec.encode_infer_request("mlp", arrays)
-    code, _ = _status(lambda: stub.ModelInfer(request, timeout=1e-6))
+    slow = codec.encode_infer_request("dual_camera", sample_inputs(exported_repo, "dual_camera", 8))
+    code, _ = _status(lambda: stub.ModelInfer(slow, timeout=0.05))  # a batch of 8 takes ~0.5 s here
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    request = codec.encode_infer_request("mlp", sample_inputs(exported_repo, "mlp", 1))
     assert stub.ModelInfer(request, timeout=10).model_name == "mlp"
+    transport = native.server._server._transport
+    deadline = time.monotonic() + 10
+    while transport.active() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert transport.active() == 0
+
+
+def test_an_expired_deadline_reaches_the_servicer_as_zero_time_left():
+    from mimo.serving.native_server import NativeContext
+
+    assert NativeContext((), 0.0, "peer").time_remaining() == 0.0
+    assert NativeContext((), -1.0, "peer").time_remaining() is None  # the transport's "no deadline"
 
 
 def test_a_cancelled_stream_leaves_no_call_behind_and_others_go_on(exported_repo, native):
