@@ -25,13 +25,14 @@ def main(argv: list[str] | None = None) -> int:
         return _supervise(settings, list(sys.argv[1:] if argv is None else argv))
     from mimo.protos.repository import RepositoryError
 
-    if settings.uses_uvloop:
+    uses_uvloop = settings.uses_uvloop
+    if uses_uvloop:
         import uvloop
 
         run = uvloop.run
     else:
         run = asyncio.run
-    logging.getLogger("mimo.serving").info("event loop: %s", "uvloop" if settings.uses_uvloop else "asyncio")
+    logging.getLogger("mimo.serving").info("event loop: %s", "uvloop" if uses_uvloop else "asyncio")
     try:
         return run(_serve(settings))
     except RepositoryError as exc:

@@ -166,7 +166,12 @@ class NativeServer:
     def __init__(self, *, interceptors=(), max_message_bytes: int = 4 * 1024 * 1024):
         if native is None:
             raise RuntimeError(f"the native transport is not built ({IMPORT_ERROR}); run scripts/build_native.sh")
-        self._interceptors = list(interceptors)
+        # The interceptor chain, built once: interceptor 0 first, the handler lookup last.
+        self._intercepted = None
+        if interceptors:
+            self._intercepted = self._continuation
+            for interceptor in reversed(list(interceptors)):
+                self._intercepted = functools.partial(interceptor.intercept_service, self._intercepted)
         self._max_message_bytes = max_message_bytes
         self._registered: dict[str, grpc.RpcMethodHandler] = {}
         self._generic: list[grpc.GenericRpcHandler] = []
@@ -263,19 +268,17 @@ class NativeServer:
 
     async def _handler(self, method: str, metadata: tuple) -> grpc.RpcMethodHandler:
         """The method's handler, through the interceptors; an unknown method is UNIMPLEMENTED."""
-        if not self._interceptors:
-            handler = self._registered.get(method) or self._generic_handler(_Details(method, metadata))
-        else:
-            continuation = self._continuation
-            for interceptor in reversed(self._interceptors):
-                continuation = functools.partial(interceptor.intercept_service, continuation)
-            handler = await continuation(_Details(method, metadata))
+        details = _Details(method, metadata)
+        handler = self._lookup(details) if self._intercepted is None else await self._intercepted(details)
         if handler is None:
             raise _Abort(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {method}")
         return handler
 
-    async def _continuation(self, details: _Details):
+    def _lookup(self, details: _Details):
         return self._registered.get(details.method) or self._generic_handler(details)
+
+    async def _continuation(self, details: _Details):
+        return self._lookup(details)
 
     def _generic_handler(self, details: _Details):
         for generic in self._generic:
