@@ -129,6 +129,8 @@ class AsyncClient:
                       **named: Any) -> dict[str, np.ndarray]:
         """See Client.predict."""
         outputs = output_names(outputs)  # once: a generator of names must serve twice
+        if self._core.needs_metadata(model, inputs, named):  # once per model: int64/float64 and lists
+            await self.metadata(model, version, timeout=timeout)
         request = self._core.infer_request(model, inputs, named, outputs, version, signature)
         response = await self._call("ModelInfer", request, timeout, model)
         return self._core.infer_result(model, response, outputs, signature)
@@ -153,6 +155,14 @@ class AsyncClient:
             while True:
                 for request in plan.to_send():
                     requests.put_nowait(request)
+                if plan.needs_metadata:
+                    try:
+                        await self.metadata(model, version, timeout=timeout)
+                    except ServerUnavailableError:
+                        raise
+                    except InferenceError as exc:  # e.g. an unknown model: that item's error
+                        plan.refuse(exc)
+                    continue
                 if plan.exhausted and not closed:
                     requests.put_nowait(_END)
                     closed = True

@@ -14,15 +14,16 @@ import numpy as np
 
 from mimo.protos.contract import Contract, InputRule
 
+from mimo.client.convert import as_array
 from mimo.client.errors import InferenceError, invalid
 from mimo.client.metadata import ModelMetadata
 
 
 def gather_inputs(model: str, inputs: Mapping[str, Any] | None, named: dict[str, Any],
                   meta: ModelMetadata | None) -> Mapping[str, Any]:
-    """The mapping and the keyword inputs as one {name: array}; lists and scalars are converted
-    with the model's declared dtype when it is known, and refused otherwise (guessing float64 or
-    int64 would only fail on the server)."""
+    """The mapping and the keyword inputs as one {name: array}; lists and scalars become arrays
+    when the model's declared dtype is known (convert.conform then narrows them to it), and are
+    refused otherwise (guessing float64 or int64 would only fail on the server)."""
     if named:
         if inputs:
             both = sorted(set(inputs) & set(named))
@@ -52,10 +53,14 @@ def _convert(model: str, name: str, value: Any, meta: ModelMetadata | None) -> n
                else f"the client does not know the datatypes of model '{model}' yet")
         raise invalid(model, [f"input '{name}' is a {kind} and {why}: pass a numpy array, "
                               f"or call client.metadata('{model}') first"])
+    cannot = f"input '{name}': cannot convert the {kind} to {tensor.datatype}"
     try:
-        return np.asarray(value, dtype=tensor.dtype)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise invalid(model, [f"input '{name}': cannot convert the {kind} to {tensor.datatype} ({exc})"]) from None
+        array = as_array(value, tensor)
+    except (TypeError, ValueError, OverflowError) as exc:  # ragged lists, mixed types
+        raise invalid(model, [f"{cannot} ({exc})"]) from None
+    if array.dtype.kind == "O" and tensor.datatype != "BYTES":  # e.g. ints beyond int64
+        raise invalid(model, [f"{cannot} (numpy holds its values as Python objects, not numbers)"])
+    return array
 
 
 class Checker:

@@ -17,6 +17,7 @@ from mimo.protos import grpc_service_pb2 as pb
 from mimo.protos.errors import CodecError
 
 from mimo.client.checks import Checker, check_heads, gather_inputs
+from mimo.client.convert import conform, needs_metadata
 from mimo.client.errors import InferenceError, from_rpc_error, invalid
 from mimo.client.metadata import ModelMetadata, parse_index, parse_metadata
 
@@ -102,13 +103,26 @@ class ClientCore:
 
     parse_index = staticmethod(parse_index)
 
+    def needs_metadata(self, model: str, inputs: Mapping[str, Any] | None, named: Mapping[str, Any]) -> bool:
+        """Whether to fetch `model`'s metadata before sending these inputs: local checks are on,
+        it is not cached yet, and an input is a list, a scalar or an int64/float64 array, whose
+        datatype only the model can settle (fetched once per model, then cached)."""
+        if not self.local_checks or model in self._checkers:
+            return False
+        return any(isinstance(given, Mapping) and needs_metadata(given) for given in (inputs, named))
+
     # -- one inference ----------------------------------------------------------------------
 
     def infer_request(self, model: str, inputs: Mapping[str, Any] | None, named: dict[str, Any],
                       outputs: Iterable[str] | None, version: str | int | None,
                       signature: str | None, request_id: str | None = None):
         checker = self._checkers.get(model)
-        arrays = gather_inputs(model, inputs, named, checker.meta if checker is not None else None)
+        meta = checker.meta if checker is not None else None
+        arrays = gather_inputs(model, inputs, named, meta)
+        if meta is not None:  # even without local checks: known datatypes are worth meeting
+            arrays, problems = conform(arrays, meta)
+            if problems:
+                raise invalid(model, problems)
         outputs = output_names(outputs)
         if checker is not None and self.local_checks:
             checker.check(arrays, outputs, signature)
@@ -146,8 +160,9 @@ class StreamPlan:
     and the results in input order. Each request carries its index as its id, so answers are put
     back in order even from a server that answered out of order.
 
-    A driver loops: send `to_send()`, close the request side once `exhausted`, hand out
-    `ready()`, stop when `finished`, otherwise read one response into `receive()`.
+    A driver loops: send `to_send()`; when `needs_metadata`, fetch the model's metadata and loop
+    (the item that wanted it waits); close the request side once `exhausted`, hand out `ready()`,
+    stop when `finished`, otherwise read one response into `receive()`.
     """
 
     def __init__(self, core: ClientCore, model, batches, concurrency, outputs, version, signature,
@@ -163,15 +178,23 @@ class StreamPlan:
         self._pending: OrderedDict[str, None] = OrderedDict()  # ids sent, not yet answered
         self._answers: dict[str, Any] = {}
         self._count = 0
+        self._held = None  # an item waiting for the model's metadata
         self.exhausted = False
+        self.needs_metadata = False
 
     def to_send(self) -> list:
         requests = []
+        self.needs_metadata = False
         while not self.exhausted and len(self._pending) < self.concurrency:
-            try:
-                item = next(self._items)
-            except StopIteration:
-                self.exhausted = True
+            item, self._held = self._held, None
+            if item is None:
+                try:
+                    item = next(self._items)
+                except StopIteration:
+                    self.exhausted = True
+                    break
+            if isinstance(item, Mapping) and self.core.needs_metadata(self.model, item, {}):
+                self._held, self.needs_metadata = item, True
                 break
             request_id = str(self._count)
             self._count += 1
@@ -188,6 +211,12 @@ class StreamPlan:
             self._pending[request_id] = None
             requests.append(request)
         return requests
+
+    def refuse(self, error: InferenceError) -> None:
+        """The model's metadata could not be fetched for the held item: that is its answer."""
+        self._held = None
+        self._count += 1
+        self._slots.append(error)
 
     def receive(self, response) -> None:
         request_id = response.infer_response.id

@@ -29,8 +29,13 @@ class Client:
     or any certificate is given; `root_certificates` verifies the server (default: the system's
     roots), `certificate_chain` + `private_key` identify the client (mutual TLS). Each accepts
     PEM bytes or a file path. `token` is sent as "authorization: Bearer <token>" metadata.
-    Calling `metadata(model)` once caches the model's inputs: later calls check inputs before
-    sending and convert lists; `local_checks=False` leaves all checking to the server.
+    The model's metadata (`metadata(model)`, cached per model) lets the client check inputs
+    before sending and convert int64/float64 arrays and lists to the declared datatypes when
+    no value changes (see mimo.client.convert). predict fetches it by itself, once per model,
+    the first time an input is a list, a scalar or an int64/float64 array.
+    `local_checks=False` leaves all checking to the server and fetches nothing on its own;
+    metadata fetched explicitly is still used to convert (a conversion that would change a
+    value is refused either way: the server would refuse the request anyway).
     """
 
     def __init__(self, target: str, *, timeout: float | None = None, tls: bool = False,
@@ -131,6 +136,8 @@ class Client:
         bytes). `outputs` asks for some heads only; `signature` selects a SavedModel signature
         (e.g. "age" of posts on the TensorFlow backend). Raises InferenceError."""
         outputs = output_names(outputs)  # once: a generator of names must serve twice
+        if self._core.needs_metadata(model, inputs, named):  # once per model: int64/float64 and lists
+            self.metadata(model, version, timeout=timeout)
         request = self._core.infer_request(model, inputs, named, outputs, version, signature)
         response = self._call(self._stub.ModelInfer, request, timeout, model)
         return self._core.infer_result(model, response, outputs, signature)
@@ -157,6 +164,14 @@ class Client:
             while True:
                 for request in plan.to_send():
                     requests.put(request)
+                if plan.needs_metadata:
+                    try:
+                        self.metadata(model, version, timeout=timeout)
+                    except ServerUnavailableError:
+                        raise
+                    except InferenceError as exc:  # e.g. an unknown model: that item's error
+                        plan.refuse(exc)
+                    continue
                 if plan.exhausted and not closed:
                     requests.put(_END)
                     closed = True

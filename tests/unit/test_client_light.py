@@ -61,7 +61,7 @@ def test_request_carries_arrays_outputs_version_and_signature():
     (np.full((1, 5), 100, np.int32), "token id 100 at [0, 0] is outside the vocabulary [0, 100)"),
     (np.full((1, 5), -3, np.int32), "token id -3 at [0, 0]"),
     (np.ones((5, 5), np.int32), "batch of 5 is over the model's max_batch_size 4"),
-    (np.ones((1, 5), np.int64), "datatype INT64 where the model takes INT32"),
+    (np.ones((1, 5), np.float32), "datatype FP32 where the model takes INT32"),  # floats are not ids
 ])
 def test_local_checks(bad, words):
     with pytest.raises(InferenceError) as info:
