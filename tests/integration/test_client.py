@@ -17,8 +17,8 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 @pytest.fixture(scope="module")
 def client(server):
-    """No metadata cached: no local checks, the server judges every request."""
-    with Client(server.address, timeout=120) as c:
+    """No metadata cached or fetched: no local checks, the server judges every request."""
+    with Client(server.address, timeout=120, local_checks=False) as c:
         yield c
 
 
@@ -101,18 +101,64 @@ def test_signature_selects_a_head_on_the_tensorflow_backend(exported_repo, tf_se
 # -- lists, metadata, models, health ------------------------------------------------------------
 
 
-def test_lists_are_converted_only_when_the_dtype_is_known(server, checked):
+def test_lists_take_the_declared_dtype(server, checked):
     x = np.linspace(0, 1, 64, dtype=np.float32)[None]
     want = checked.predict("mlp", x=x)
     assert_same(checked.predict("mlp", x=x.tolist()), want)  # float64 values -> the declared FP32
-    with Client(server.address) as fresh:
-        with pytest.raises(InferenceError, match=r"input 'x' is a list .*metadata\('mlp'\)") as info:
-            fresh.predict("mlp", x=x.tolist())
-        assert info.value.code == INVALID
-        fresh.metadata("mlp")
+    with Client(server.address) as fresh:  # fetches mlp's metadata by itself
         assert_same(fresh.predict("mlp", x=x.tolist()), want)
-    with pytest.raises(InferenceError, match="input 'text': cannot convert"):
+    with Client(server.address, local_checks=False) as unchecked:  # fetches nothing by itself
+        with pytest.raises(InferenceError, match=r"input 'x' is a list .*metadata\('mlp'\)") as info:
+            unchecked.predict("mlp", x=x.tolist())
+        assert info.value.code == INVALID
+        unchecked.metadata("mlp")
+        assert_same(unchecked.predict("mlp", x=x.tolist()), want)
+    with pytest.raises(InferenceError, match="input 'text': int64 value 1099511627776 does not fit INT32"):
         checked.predict("qa", text=[[2**40]], question=[[1]])
+
+
+# -- numpy's default dtypes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["posts", "qa", "mlp"])
+def test_int64_and_float64_arrays_give_the_int32_fp32_answer(exported_repo, server, model):
+    exact = sample_inputs(exported_repo, model, 2, seed=7)  # INT32 / FP32, as the model declares
+    defaults = {k: v.astype(np.int64 if v.dtype.kind == "i" else np.float64) for k, v in exact.items()}
+    want = raw_infer(server.address, model, exact)
+    with Client(server.address, timeout=120) as fresh:  # nothing cached: the first call fetches
+        assert_same(fresh.predict(model, defaults), want)
+        assert fresh._core.cached(model) is not None
+        assert_same(fresh.predict(model, **defaults), want)
+        got = list(fresh.predict_many(model, [defaults, exact, defaults], concurrency=2))
+        for g in got:
+            assert_same(g, want)
+
+
+def test_predict_many_fetches_the_metadata_its_items_need(exported_repo, server):
+    exact = sample_inputs(exported_repo, "qa", 1, seed=8)
+    defaults = {k: v.astype(np.int64) for k, v in exact.items()}
+    with Client(server.address, timeout=120) as fresh:
+        got = list(fresh.predict_many("qa", [defaults] * 5, concurrency=3))
+        assert len(got) == 5 and fresh._core.cached("qa") is not None
+        for g in got:
+            assert_same(g, raw_infer(server.address, "qa", exact))
+        [error] = list(fresh.predict_many("nope", [{"x": np.zeros((1, 64))}], return_exceptions=True))
+        assert error.code == grpc.StatusCode.NOT_FOUND and error.model == "nope"
+
+
+def test_int64_values_outside_int32_are_refused_naming_the_input(exported_repo, server):
+    posts = sample_inputs(exported_repo, "posts", 1)["posts"].astype(np.int64)
+    posts[0, 5] = 3_000_000_000
+    stats = lambda: server.server.registry.get("posts").stats.inference_count  # noqa: E731
+    before = stats()
+    with Client(server.address, timeout=120) as fresh:
+        with pytest.raises(InferenceError) as info:
+            fresh.predict("posts", posts=posts)
+        with pytest.raises(InferenceError, match="input 'x': float64 value 1e\\+39 does not fit FP32"):
+            fresh.predict("mlp", x=np.full((1, 64), 1e39))
+    assert info.value.code == INVALID and info.value.model == "posts"
+    assert info.value.message == "model 'posts': input 'posts': int64 value 3000000000 does not fit INT32"
+    assert stats() == before  # refused before sending
 
 
 def test_metadata_has_dtypes_shapes_and_constraints(client):
@@ -168,7 +214,8 @@ def _bad_requests(repo):
     outside = qa["text"].copy()
     outside[0, 3] = 10000
     return {
-        "wrong dtype": ("mlp", {"x": mlp["x"].astype(np.float64)}, {}, "input 'x': datatype FP64"),
+        "wrong dtype": ("qa", {"text": qa["text"].astype(np.float32), "question": qa["question"]}, {},
+                        "input 'text': datatype FP32"),  # floats are never narrowed to ids
         "wrong rank": ("mlp", {"x": mlp["x"][0]}, {}, "input 'x': rank 1"),
         "wrong fixed dim": ("mlp", {"x": mlp["x"][:, :63]}, {}, "input 'x': dimension 1 is 63"),
         "too short": ("posts", {"posts": posts["posts"][:, :100]}, {}, "input 'posts': sequence length 100"),

@@ -40,6 +40,7 @@ def test_predict_every_model_matches_the_raw_protocol(exported_repo, server):
 
 def test_outputs_version_signature_and_lists(exported_repo, server, tf_server):
     posts = sample_inputs(exported_repo, "posts", 2, seed=2)
+    qa = sample_inputs(exported_repo, "qa", 1, seed=2)
     x = np.linspace(0, 1, 64, dtype=np.float32)[None]
 
     async def main():
@@ -49,10 +50,17 @@ def test_outputs_version_signature_and_lists(exported_repo, server, tf_server):
             age = await tf.predict("posts", posts=posts["posts"], signature="age")
             assert list(age) == ["age"]
             assert_same(age, raw_infer(tf_server.address, "posts", posts, parameters={"signature_name": "age"}))
-            with pytest.raises(InferenceError, match="metadata"):
-                await c.predict("mlp", x=x.tolist())
-            await c.metadata("mlp")
-            assert_same(await c.predict("mlp", x=x.tolist()), await c.predict("mlp", x=x))
+            want = await c.predict("mlp", x=x)
+            assert_same(await c.predict("mlp", x=x.tolist()), want)  # fetches mlp's metadata by itself
+            assert_same(await c.predict("mlp", x=x.astype(np.float64)), want)
+            tokens = posts["posts"].astype(np.int64)
+            assert_same(await c.predict("posts", posts=tokens), await c.predict("posts", posts))
+            got = [r async for r in c.predict_many("qa", [{k: v.astype(np.int64) for k, v in qa.items()}] * 3)]
+            assert len(got) == 3 and all(np.array_equal(g["answer"], got[0]["answer"]) for g in got)
+            assert_same(got[0], await c.predict("qa", qa))
+            tokens[0, 0] = 2**40
+            with pytest.raises(InferenceError, match="input 'posts': int64 value 1099511627776 does not fit INT32"):
+                await c.predict("posts", posts=tokens)
 
     run(main())
 
