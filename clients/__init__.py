@@ -5,6 +5,8 @@ get back a dict of named output heads.
     with Client("localhost:8500") as c:
         heads = c.predict("posts", posts=tokens)    # {"age": ..., "income": ..., "gender": ...}
 
+int64/float64 arrays and lists are sent as the model's declared datatypes when no value changes
+(mimo.client.convert); the server accepts only the declared ones.
 Imports numpy, grpcio, protobuf and mimo.protos only (never TensorFlow or ONNX Runtime).
 """
 

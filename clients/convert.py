@@ -28,7 +28,7 @@ from mimo.protos.dtypes import from_numpy
 from mimo.client.metadata import ModelMetadata, TensorMetadata
 
 # The dtypes numpy picks on its own: an array of one of these was probably not chosen for the
-# model, so it is worth asking the server what the model takes (see needs_metadata).
+# model, so it is worth asking the server what the model takes (see dtype_unsettled).
 NUMPY_DEFAULTS = (np.dtype(np.int64), np.dtype(np.float64))
 
 
@@ -58,9 +58,9 @@ def narrow(array: np.ndarray, target: np.dtype) -> np.ndarray:
     source = array.dtype
     if source == target:
         return array
-    datatype = from_numpy(target).name
     if source.kind not in "biuf" or target.kind not in "iuf" or (source.kind == "f" and target.kind != "f"):
         return array
+    datatype = from_numpy(target).name
     if target.kind in "iu":
         if array.size:
             low, high = array.min(), array.max()
@@ -81,10 +81,10 @@ def narrow(array: np.ndarray, target: np.dtype) -> np.ndarray:
     return out
 
 
-def needs_metadata(arrays_or_values: Mapping[str, Any]) -> bool:
+def dtype_unsettled(values: Mapping[str, Any]) -> bool:
     """Whether any input is a list, a scalar or an array of numpy's default dtypes, i.e. one
     whose datatype only the model's metadata can settle."""
-    return any(type(v) is not np.ndarray or v.dtype in NUMPY_DEFAULTS for v in arrays_or_values.values())
+    return any(type(v) is not np.ndarray or v.dtype in NUMPY_DEFAULTS for v in values.values())
 
 
 def as_array(value: Any, tensor: TensorMetadata) -> np.ndarray:

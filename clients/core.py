@@ -17,7 +17,7 @@ from mimo.protos import grpc_service_pb2 as pb
 from mimo.protos.errors import CodecError
 
 from mimo.client.checks import Checker, check_heads, gather_inputs
-from mimo.client.convert import conform, needs_metadata
+from mimo.client.convert import conform, dtype_unsettled
 from mimo.client.errors import InferenceError, from_rpc_error, invalid
 from mimo.client.metadata import ModelMetadata, parse_index, parse_metadata
 
@@ -109,7 +109,7 @@ class ClientCore:
         datatype only the model can settle (fetched once per model, then cached)."""
         if not self.local_checks or model in self._checkers:
             return False
-        return any(isinstance(given, Mapping) and needs_metadata(given) for given in (inputs, named))
+        return any(isinstance(given, Mapping) and dtype_unsettled(given) for given in (inputs, named))
 
     # -- one inference ----------------------------------------------------------------------
 
