@@ -4,7 +4,8 @@ Layout:  <repo>/<name>/model.json
          <repo>/<name>/<version>/model.savedmodel/   (TF SavedModel, named signatures)
          <repo>/<name>/<version>/model.onnx          (ONNX conversion)
 Version folders are positive integers; anything else in a model folder (e.g. an exporter's
-staging folder) is ignored, so a reader never sees half a version.
+staging folder) is ignored, so a reader never sees half a version. model.json is optional: what it
+leaves out of the contract is derived from the model file at load (mimo.protos.model_files).
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ def schema() -> dict:
 
 
 def validate_model_json(document: dict, where: str = MODEL_JSON) -> None:
-    """Check `document` against the schema and the cross-references the schema cannot express."""
+    """Check `document` against the schema and the cross-references the schema cannot express.
+
+    A partial document (a drop-in's model.json) is checked as far as it goes; the cross-references
+    to derived tensors are checked again once the contract is complete (ModelSpec.from_json).
+    """
     import jsonschema  # server/export side only: the client never reads model.json
 
     try:
@@ -40,23 +45,26 @@ def validate_model_json(document: dict, where: str = MODEL_JSON) -> None:
     except jsonschema.ValidationError as exc:
         path = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
         raise RepositoryError(f"{where}: {path}: {exc.message}") from None
-    inputs = [t["name"] for t in document["inputs"]]
-    outputs = [t["name"] for t in document["outputs"]]
+    inputs = [t["name"] for t in document.get("inputs", [])]
+    outputs = [t["name"] for t in document.get("outputs", [])]
     for kind, names in (("input", inputs), ("output", outputs)):
         if len(set(names)) != len(names):
             raise RepositoryError(f"{where}: duplicate {kind} names {names}")
-    for name in document.get("constraints", {}):
-        if name not in inputs:
-            raise RepositoryError(f"{where}: constraint for unknown input {name!r}")
-    for sig, spec in document["signatures"].items():
-        unknown = [n for n in spec["inputs"] if n not in inputs] + [
-            n for n in spec["outputs"] if n not in outputs
-        ]
-        if unknown:
-            raise RepositoryError(f"{where}: signature {sig!r} names unknown tensors {unknown}")
-    for name, value in document.get("batching", {}).get("padding", {}).items():
-        if name not in inputs:
-            raise RepositoryError(f"{where}: padding for unknown input {name!r}")
+    if "inputs" in document:
+        for name in list(document.get("constraints", {})) + list(document.get("batching", {}).get("padding", {})):
+            if name not in inputs:
+                raise RepositoryError(f"{where}: constraint or padding for unknown input {name!r}")
+    if "inputs" in document and "outputs" in document:
+        for sig, spec in document.get("signatures", {}).items():
+            unknown = [n for n in spec["inputs"] if n not in inputs] + [
+                n for n in spec["outputs"] if n not in outputs
+            ]
+            if unknown:
+                raise RepositoryError(f"{where}: signature {sig!r} names unknown tensors {unknown}")
+
+
+# What a complete contract needs; a drop-in's model.json may leave these to the model file.
+CONTRACT_KEYS = ("inputs", "outputs", "signatures", "max_batch_size")
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,10 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, document: dict, where: str = MODEL_JSON) -> "ModelSpec":
+        """A complete contract: model.json as written, or completed from the model file."""
+        missing = [key for key in ("name",) + CONTRACT_KEYS if key not in document]
+        if missing:
+            raise RepositoryError(f"{where}: no {', '.join(missing)} (and no model file to derive them from)")
         validate_model_json(document, where)
         tensors = lambda items: [TensorSpec(t["name"], t["datatype"], tuple(t["shape"])) for t in items]
         constraints = {
@@ -109,7 +121,7 @@ class ModelSpec:
             batching=document.get("batching", {}),
             backend=document.get("backend"),
             version_policy=document.get("version_policy", {}),
-            versions={int(v): facts for v, facts in document["versions"].items()},
+            versions={int(v): facts for v, facts in document.get("versions", {}).items()},
             raw=document,
         )
 
@@ -136,18 +148,35 @@ class ModelSpec:
         return next((t for t in self.outputs if t.name == name), None)
 
 
-def read_model_json(model_dir: str | os.PathLike) -> ModelSpec:
+def read_model_document(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """One model's model.json as a validated dict, possibly partial; {"name": folder} when absent.
+
+    RepositoryError (naming the file) for invalid JSON, a schema violation or a name that is not
+    the folder's.
+    """
     path = Path(model_dir) / MODEL_JSON
+    folder = Path(model_dir).name
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
-        raise RepositoryError(f"{path}: missing") from None
-    except (OSError, json.JSONDecodeError) as exc:
+        return {"name": folder}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RepositoryError(f"{path}: not valid JSON ({exc})") from None
-    spec = ModelSpec.from_json(document, str(path))
-    if spec.name != Path(model_dir).name:
-        raise RepositoryError(f"{path}: name {spec.name!r} does not match its folder")
-    return spec
+    if not isinstance(document, dict):
+        raise RepositoryError(f"{path}: must hold a JSON object, not {type(document).__name__}")
+    validate_model_json(document, str(path))
+    document.setdefault("name", folder)
+    if document["name"] != folder:
+        raise RepositoryError(f"{path}: name {document['name']!r} does not match its folder {folder!r}")
+    return document
+
+
+def read_model_json(model_dir: str | os.PathLike) -> ModelSpec:
+    """A model.json that states the whole contract (the exporter writes one), parsed."""
+    path = Path(model_dir) / MODEL_JSON
+    if not path.is_file():
+        raise RepositoryError(f"{path}: missing")
+    return ModelSpec.from_json(read_model_document(model_dir), str(path))
 
 
 def write_model_json(model_dir: str | os.PathLike, document: dict) -> None:
@@ -180,12 +209,19 @@ def model_dirs(repository: str | os.PathLike) -> dict[str, Path]:
     }
 
 
+def present_formats(version_dir: str | os.PathLike) -> list[str]:
+    """The model files a version folder holds: "savedmodel", "onnx", both or neither."""
+    version_dir = Path(version_dir)
+    found = []
+    if (version_dir / SAVEDMODEL_DIR / "saved_model.pb").is_file():
+        found.append("savedmodel")
+    if (version_dir / ONNX_FILE).is_file():
+        found.append("onnx")
+    return found
+
+
 def check_version_layout(version_dir: Path, formats: list[str] | None = None) -> list[str]:
     """Problems with one version folder's files (empty list when it is complete)."""
-    problems = []
-    wanted = formats or ["savedmodel", "onnx"]
-    if "savedmodel" in wanted and not (version_dir / SAVEDMODEL_DIR / "saved_model.pb").is_file():
-        problems.append(f"{version_dir}: missing {SAVEDMODEL_DIR}/saved_model.pb")
-    if "onnx" in wanted and not (version_dir / ONNX_FILE).is_file():
-        problems.append(f"{version_dir}: missing {ONNX_FILE}")
-    return problems
+    present = present_formats(version_dir)
+    files = {"savedmodel": f"{SAVEDMODEL_DIR}/saved_model.pb", "onnx": ONNX_FILE}
+    return [f"{version_dir}: missing {files[f]}" for f in formats or ["savedmodel", "onnx"] if f not in present]

@@ -1,9 +1,11 @@
 """The model registry: what the repository holds, which versions are loaded, and their state.
 
-A malformed model.json is a configuration error and stops the server at start (the operator must
-fix it); a version whose files fail to load is reported not ready and the other models serve on.
-New versions found by `refresh()` load beside the old ones and take over once ready; the old ones
-then drain and unload, so a hot reload drops no request.
+One model folder that cannot be served (malformed model.json, missing files, a model.json the
+file contradicts, a failed load) takes down only that model or version: it is recorded with its
+reason (RepositoryIndex, readiness, the log) and the others serve. Whether the server may start
+with what loaded is the server's call (`problems()`). New versions found by `refresh()` load
+beside the old ones and take over once ready; the old ones then drain and unload, so a hot reload
+drops no request. A version that failed is retried when its files or model.json change.
 """
 
 from __future__ import annotations
@@ -12,17 +14,19 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mimo.protos.repository import (
+    MODEL_JSON,
     ModelSpec,
     RepositoryError,
-    check_version_layout,
     model_dirs,
-    read_model_json,
+    read_model_document,
     version_dirs,
 )
-from mimo.serving.backends import Backend, BackendOptions, create_backend
-from mimo.serving.errors import NotFound, Unavailable
+from mimo.serving.backends import Backend, BackendOptions
+from mimo.serving.errors import NotFound, ServingError, Unavailable
+from mimo.serving.loader import choose_backend, describe_contract, load_version
 from mimo.serving.scheduler import Scheduler, SchedulerOptions
 from mimo.serving.settings import ServerSettings
 from mimo.serving.statistics import ModelStats
@@ -34,36 +38,55 @@ READY, LOADING, UNAVAILABLE, UNLOADING = "READY", "LOADING", "UNAVAILABLE", "UNL
 
 @dataclass
 class ModelVersion:
-    spec: ModelSpec
+    model: str
     version: int
     path: Path
-    backend_kind: str
+    backend_kind: str = ""
     state: str = LOADING
     reason: str = ""
+    spec: ModelSpec | None = None  # the contract, once loaded (model.json completed from the file)
     backend: Backend | None = None
     scheduler: Scheduler | None = None
     stats: ModelStats | None = None
+    fingerprint: tuple = ()  # of model.json and the version folder when it was loaded
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        return self.model
 
 
 @dataclass
 class ModelEntry:
-    spec: ModelSpec
+    name: str
     path: Path
+    document: dict[str, Any] | None = None  # model.json as read (partial or {"name"}); None if unreadable
+    reason: str = ""  # why the model (not one version) cannot be served, or serves stale versions
     versions: dict[int, ModelVersion] = field(default_factory=dict)
 
 
-def wanted_versions(spec: ModelSpec, available: list[int]) -> list[int]:
+def wanted_versions(policy: dict[str, Any], available: list[int]) -> list[int]:
     """Versions to serve under the model's version policy (default: the newest one)."""
-    policy = spec.version_policy
     if policy.get("all"):
         return sorted(available)
     if "specific" in policy:
         return sorted(v for v in available if v in set(policy["specific"]))
     return sorted(available)[-int(policy.get("latest", 1)):]
+
+
+def fingerprint(model_dir: Path, version_dir: Path) -> tuple:
+    """Changes when model.json or the version folder's entries change (a fixed folder is retried)."""
+    try:
+        paths = [model_dir / MODEL_JSON, version_dir, *sorted(version_dir.iterdir())]
+    except OSError:  # the folder went away while we looked
+        return ()
+    stamps = []
+    for path in paths:
+        try:
+            stat = path.stat()
+            stamps.append((path.name, stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            stamps.append((path.name, None, None))
+    return tuple(stamps)
 
 
 class Registry:
@@ -102,51 +125,41 @@ class Registry:
         except (NotFound, Unavailable):
             return False
 
-    # -- loading ------------------------------------------------------------------------------
-
-    def scan(self) -> dict[str, tuple[ModelSpec, Path]]:
-        """Read every model.json; RepositoryError names the first malformed one."""
-        found = {}
-        for name, path in model_dirs(self.root).items():
-            found[name] = (read_model_json(path), path)
-        if not found:
-            raise RepositoryError(f"model repository {self.root} holds no models")
+    def problems(self) -> list[str]:
+        """Every model and version that is not ready, with its reason (for a refused start)."""
+        found = []
+        for name, entry in sorted(self.models.items()):
+            if entry.reason:
+                found.append(f"model {name}: {entry.reason}")
+            found += [f"model {name} version {n}: {mv.state.lower()}: {mv.reason}"
+                      for n, mv in sorted(entry.versions.items()) if mv.state != READY]
         return found
 
+    # -- loading ------------------------------------------------------------------------------
+
     async def load_all(self) -> None:
-        for name, (spec, path) in self.scan().items():
-            self.models[name] = ModelEntry(spec, path)
-            await self._sync_versions(self.models[name])
+        """Load every model folder; RepositoryError only when the repository folder is missing."""
+        for name, path in model_dirs(self.root).items():
+            await self._sync_model(name, path)
 
     async def refresh(self) -> None:
-        """Pick up new, changed and removed versions (hot reload); a bad model.json is logged."""
+        """Pick up new, changed and removed versions and new or fixed model folders (hot reload)."""
         async with self._refresh_lock:
             try:
-                found = {name: path for name, path in model_dirs(self.root).items()}
+                found = model_dirs(self.root)
             except RepositoryError as exc:
                 log.error("repository poll: %s", exc)
                 return
             for name, path in found.items():
-                try:
-                    spec = read_model_json(path)
-                except RepositoryError as exc:
-                    log.error("repository poll: %s (keeping what is loaded)", exc)
-                    continue
-                entry = self.models.setdefault(name, ModelEntry(spec, path))
-                entry.spec = spec
-                await self._sync_versions(entry)
+                await self._sync_model(name, path)
 
     async def load_model(self, name: str) -> None:
         path = self.root / name
         if not path.is_dir():
             raise NotFound(f"no model '{name}' in the repository")
-        try:
-            spec = read_model_json(path)
-        except RepositoryError as exc:
-            raise Unavailable(str(exc)) from None
-        entry = self.models.setdefault(name, ModelEntry(spec, path))
-        entry.spec = spec
-        await self._sync_versions(entry)
+        entry = await self._sync_model(name, path, force=True)
+        if entry.reason and not entry.versions:
+            raise Unavailable(entry.reason)
 
     async def unload_model(self, name: str) -> None:
         entry = self.models.get(name)
@@ -155,14 +168,32 @@ class Registry:
         for mv in list(entry.versions.values()):
             await self._retire(entry, mv)
 
-    async def _sync_versions(self, entry: ModelEntry) -> None:
+    async def _sync_model(self, name: str, path: Path, force: bool = False) -> ModelEntry:
+        entry = self.models.setdefault(name, ModelEntry(name, path))
+        try:
+            entry.document = read_model_document(path)
+            entry.reason = ""
+        except RepositoryError as exc:
+            # Versions loaded from the previous model.json keep serving until it is fixed.
+            entry.reason = str(exc) + (" (serving the versions loaded before)" if entry.versions else "")
+            log.error("model %s not loaded: %s", name, entry.reason)
+            return entry
+        await self._sync_versions(entry, force)
+        return entry
+
+    async def _sync_versions(self, entry: ModelEntry, force: bool = False) -> None:
         available = version_dirs(entry.path)
-        wanted = wanted_versions(entry.spec, list(available))
+        wanted = wanted_versions(entry.document.get("version_policy", {}), list(available))
         if not wanted:
-            log.warning("model %s: no version folders in %s", entry.spec.name, entry.path)
+            entry.reason = (f"no version folders (1/, 2/, ...) in {entry.path}" if not available else
+                            f"no version folder matches the version policy {entry.document['version_policy']}")
+            log.warning("model %s: %s", entry.name, entry.reason)
         for number in wanted:
-            if number not in entry.versions or entry.versions[number].state == UNAVAILABLE:
-                entry.versions[number] = await self._load_version(entry.spec, number, available[number])
+            known = entry.versions.get(number)
+            stamp = fingerprint(entry.path, available[number])
+            if known is None or (known.state == UNAVAILABLE and (force or known.fingerprint != stamp)):
+                entry.versions[number] = await self._load_version(entry.document, number, available[number])
+                entry.versions[number].fingerprint = stamp
         for number in [n for n in entry.versions if n not in wanted]:
             if self._has_ready_replacement(entry, number):
                 await self._retire(entry, entry.versions[number])
@@ -171,26 +202,23 @@ class Registry:
     def _has_ready_replacement(entry: ModelEntry, number: int) -> bool:
         return any(mv.state == READY for n, mv in entry.versions.items() if n != number)
 
-    async def _load_version(self, spec: ModelSpec, number: int, path: Path) -> ModelVersion:
-        kind = spec.backend or self.settings.backend
-        mv = ModelVersion(spec, number, path, kind)
-        formats = spec.versions.get(number, {}).get("formats")
-        problems = check_version_layout(path, ["onnx" if kind == "onnxruntime" else "savedmodel"])
-        if formats is not None and ("onnx" if kind == "onnxruntime" else "savedmodel") not in formats:
-            problems.append(f"{path}: model.json lists formats {formats}, not what backend {kind} needs")
-        if problems:
-            return self._failed(mv, "; ".join(problems))
+    async def _load_version(self, document: dict, number: int, path: Path) -> ModelVersion:
+        mv = ModelVersion(document["name"], number, path)
         options = BackendOptions(device=self.settings.device, intra_op_threads=self.settings.intra_op_threads)
         try:
-            backend = create_backend(kind, path, spec, options)
-            await asyncio.to_thread(backend.load)
-        except Exception as exc:  # noqa: BLE001 - any load failure makes this version not ready
-            return self._failed(mv, f"{kind} could not load {path}: {type(exc).__name__}: {exc}")
-        mv.backend = backend
-        mv.stats = ModelStats(spec.name, str(number))
-        mv.scheduler = Scheduler(backend, mv.stats, self._scheduler_options(spec), spec.name)
+            mv.backend_kind = choose_backend(document, number, path, self.settings.backend)
+            loaded = await asyncio.to_thread(load_version, mv.backend_kind, document, number, path, options)
+        except ServingError as exc:
+            return self._failed(mv, exc.message)
+        mv.spec, mv.backend = loaded.spec, loaded.backend
+        mv.stats = ModelStats(mv.name, str(number))
+        mv.scheduler = Scheduler(mv.backend, mv.stats, self._scheduler_options(mv.spec), mv.name)
         mv.state = READY
-        log.info("model %s version %s ready on %s (%s)", spec.name, number, kind, ", ".join(backend.devices()))
+        log.info("model %s version %s ready on %s (%s) in %.2f s", mv.name, number, mv.backend_kind,
+                 ", ".join(mv.backend.devices()), loaded.seconds)
+        if loaded.derived:
+            log.info("model %s version %s: derived from %s: %s", mv.name, number, mv.backend.model_file,
+                     describe_contract(mv.spec, loaded.derived))
         return mv
 
     def _scheduler_options(self, spec: ModelSpec) -> SchedulerOptions:
@@ -243,5 +271,6 @@ def padding_of(spec: ModelSpec) -> dict[str, float]:
 
 
 def _reasons(entry: ModelEntry) -> str:
-    reasons = [f"version {n}: {mv.reason}" for n, mv in entry.versions.items() if mv.reason]
+    reasons = [entry.reason] if entry.reason else []
+    reasons += [f"version {n}: {mv.reason}" for n, mv in entry.versions.items() if mv.reason]
     return (" (" + "; ".join(reasons) + ")") if reasons else ""

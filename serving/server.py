@@ -16,6 +16,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from mimo.protos import POOL, grpc_service_pb2, grpc_service_pb2_grpc
+from mimo.protos.repository import RepositoryError
 from mimo.serving import native_server
 from mimo.serving.registry import READY, Registry
 from mimo.serving.security import TokenInterceptor, server_credentials, tls_material
@@ -50,14 +51,19 @@ class MimoServer:
     def ready(self) -> bool:
         if not self._loaded or self._draining:
             return False
-        states = [mv.state for e in self.registry.models.values() for mv in e.versions.values()]
-        if self.settings.strict_readiness:
-            return bool(states) and all(s == READY for s in states)
-        return READY in states
+        if self.settings.strict_readiness and self.registry.problems():
+            return False
+        return bool(self.registry.ready_versions())
 
     async def start(self) -> int:
-        """Load the repository (RepositoryError if malformed), then listen; returns the port."""
+        """Load the repository, then listen; returns the port.
+
+        RepositoryError, naming every reason, when there is nothing to serve (no READY version at
+        all) or, with --strict-readiness, when any model or version is not ready. Otherwise the
+        models that cannot be served are reported (RepositoryIndex, readiness, log) and the rest serve.
+        """
         await self.registry.load_all()
+        await self._refuse_unless_servable()
         self._loaded = True
         server = self._make_server()
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -84,6 +90,19 @@ class MimoServer:
         log.info("mimo serving %d model version(s) on %s:%d", len(self.registry.ready_versions()),
                  self.settings.host, self.port)
         return self.port
+
+    async def _refuse_unless_servable(self) -> None:
+        problems = self.registry.problems()
+        if self.registry.ready_versions() and not (self.settings.strict_readiness and problems):
+            for problem in problems:
+                log.warning("not serving %s", problem)
+            return
+        await self.registry.close()
+        if not self.registry.models:
+            raise RepositoryError(f"model repository {self.settings.model_repository} holds no models")
+        why = "--strict-readiness and not every model is ready" if self.registry.ready_versions() else \
+            f"nothing to serve in {self.settings.model_repository}"
+        raise RepositoryError(why + ":\n  " + "\n  ".join(problems))
 
     def _make_server(self):
         """The native transport when it is built and wanted, else grpc.aio: same services on both."""
@@ -166,7 +185,12 @@ class ServerThread:
 
     def start(self, timeout: float = 300) -> "ServerThread":
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout)
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout)
+        except BaseException:  # a refused start leaves no thread behind
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            raise
         return self
 
     @property

@@ -1,6 +1,6 @@
 """Backends: one synchronous interface, numpy in and numpy out.
 
-    load() / signature(name) / predict(inputs, outputs, signature) -> dict / unload()
+    load() / describe() -> dict / signature(name) / predict(inputs, outputs, signature) -> dict / unload()
 
 `create_backend` picks the implementation by name; each module imports its runtime lazily so
 a server that only uses ONNX Runtime never pays for importing TensorFlow.
@@ -10,20 +10,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mimo.protos.repository import ModelSpec
 from mimo.serving.backends.base import Backend, BackendOptions
 
+BACKEND_FORMATS = {"onnxruntime": "onnx", "tensorflow": "savedmodel"}  # backend -> the file format it loads
 
-def create_backend(kind: str, version_dir: Path, spec: ModelSpec, options: BackendOptions) -> Backend:
+
+def create_backend(kind: str, version_dir: Path, options: BackendOptions) -> Backend:
     if kind == "onnxruntime":
         from mimo.serving.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(version_dir, spec, options)
+        return OnnxRuntimeBackend(version_dir, options)
     if kind == "tensorflow":
         from mimo.serving.backends.tensorflow_backend import TensorFlowBackend
 
-        return TensorFlowBackend(version_dir, spec, options)
+        return TensorFlowBackend(version_dir, options)
     raise ValueError(f"unknown backend {kind!r}")
 
 
-__all__ = ["Backend", "BackendOptions", "create_backend"]
+__all__ = ["BACKEND_FORMATS", "Backend", "BackendOptions", "create_backend"]

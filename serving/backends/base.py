@@ -1,4 +1,9 @@
-"""The backend interface every runtime implements."""
+"""The backend interface every runtime implements.
+
+A backend is created without a contract: it loads its file, `describe()`s what the loaded model
+says about itself (mimo.protos.model_files), and the loader then gives it the contract (`spec`),
+model.json completed from and checked against that description.
+"""
 
 from __future__ import annotations
 
@@ -22,15 +27,21 @@ class BackendOptions:
 
 class Backend(ABC):
     platform: str = ""  # reported in ModelMetadata / ModelConfig
+    model_file: str = ""  # the file it serves, as named in load-time messages
+    calls_signatures = False  # True when predict() calls the file's signatures by name
 
-    def __init__(self, version_dir: Path, spec: ModelSpec, options: BackendOptions):
+    def __init__(self, version_dir: Path, options: BackendOptions, spec: ModelSpec | None = None):
         self.version_dir = version_dir
-        self.spec = spec
         self.options = options
+        self.spec = spec
 
     @abstractmethod
     def load(self) -> None:
         """Load the model files; raise on failure (the model is then reported not ready)."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """The loaded model's own inputs, outputs, signatures and batching (see model_files)."""
 
     def signature(self, name: str = DEFAULT_SIGNATURE) -> dict[str, list[str]]:
         """Input and output names of a signature, from the model's contract."""

@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from mimo.protos.model_files import describe_onnx_session
 from mimo.protos.repository import ONNX_FILE
 from mimo.serving.backends.base import DEFAULT_SIGNATURE, Backend
 
@@ -30,6 +31,7 @@ def choose_providers(device: str) -> list[str]:
 
 class OnnxRuntimeBackend(Backend):
     platform = "onnxruntime_onnx"
+    model_file = ONNX_FILE
 
     def load(self) -> None:
         options = ort.SessionOptions()
@@ -43,6 +45,9 @@ class OnnxRuntimeBackend(Backend):
             str(self.version_dir / ONNX_FILE), sess_options=options, providers=choose_providers(self.options.device)
         )
         self._run_options = ort.RunOptions()
+
+    def describe(self) -> dict:
+        return describe_onnx_session(self.session)
 
     def predict(
         self,

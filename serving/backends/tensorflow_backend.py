@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mimo.protos.model_files import describe_signatures
 from mimo.protos.repository import SAVEDMODEL_DIR
 from mimo.serving.backends.base import DEFAULT_SIGNATURE, Backend
 
@@ -37,15 +38,18 @@ def _configure_tensorflow(device: str):
 
 class TensorFlowBackend(Backend):
     platform = "tensorflow_savedmodel"
+    model_file = SAVEDMODEL_DIR
+    calls_signatures = True
 
     def load(self) -> None:
         self.tf, self.device = _configure_tensorflow(self.options.device)
         with self.tf.device(self.device):
             self.saved = self.tf.saved_model.load(str(self.version_dir / SAVEDMODEL_DIR))
         self.functions = dict(self.saved.signatures)
-        missing = [name for name in self.spec.signatures if name not in self.functions]
-        if missing:
-            raise RuntimeError(f"SavedModel lacks signatures {missing} named in model.json")
+
+    def describe(self) -> dict:
+        # From the loaded object: a drop-in's SavedModel is read once, not once more to describe it.
+        return describe_signatures(self.functions)
 
     def predict(
         self,

@@ -129,8 +129,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStatistics(self, request, context):
         versions = []
-        for entry in self.registry.models.values():
-            if request.name and entry.spec.name != request.name:
+        for name, entry in self.registry.models.items():
+            if request.name and name != request.name:
                 continue
             for number, mv in sorted(entry.versions.items()):
                 if request.version and str(number) != request.version:
@@ -149,8 +149,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if request.ready and mv.state != "READY":
                     continue
                 models.append(index(name=name, version=str(number), state=mv.state, reason=mv.reason))
-            if not entry.versions and not request.ready:
-                models.append(index(name=name, state="UNAVAILABLE", reason="no version loaded"))
+            # A model that cannot be served at all (or serves stale versions) says why, without a version.
+            if (entry.reason or not entry.versions) and not request.ready:
+                models.append(index(name=name, state="UNAVAILABLE", reason=entry.reason or "no version loaded"))
         return pb.RepositoryIndexResponse(models=models)
 
     async def RepositoryModelLoad(self, request, context):

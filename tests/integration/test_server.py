@@ -15,6 +15,7 @@ from helpers import MODELS, run_onnx, run_savedmodel, sample_inputs, start_serve
 from mimo.protos import codec
 from mimo.protos import grpc_service_pb2 as pb
 from mimo.protos import grpc_service_pb2_grpc as pb_grpc
+from mimo.protos.repository import RepositoryError
 
 BIG = 256 * 1024 * 1024
 
@@ -212,8 +213,9 @@ def test_model_that_cannot_load_is_not_ready_and_others_serve(exported_repo, tmp
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         good = sample_inputs(exported_repo, "mlp", 1)
         assert_same(infer(stub, "mlp", good), run_onnx(exported_repo, "mlp", good))
-    with start_server(repo, strict_readiness=True) as strict:
-        assert not stub_for(strict.address).ServerReady(pb.ServerReadyRequest()).ready
+    # --strict-readiness: the operator asked that every model serve, so one that cannot refuses the start.
+    with pytest.raises(RepositoryError, match=r"--strict-readiness and not every model is ready:\n  model qa version 1"):
+        start_server(repo, strict_readiness=True)
 
 
 def test_new_version_hot_reloads_without_dropping_requests(exported_repo, tmp_path):
