@@ -40,12 +40,12 @@ def export_masked(out: Path) -> Path:
     model_dir = out / "qa"
     if not (model_dir / "1" / "model.onnx").is_file():
         from mimo.export import builders
-        from mimo.export.pipeline import ExportOptions, export_model
+        from mimo.export.notebook import ExportOptions, export_notebook_model
 
         original = builders.BUILDERS["qa"]
         builders.BUILDERS["qa"] = build_qa_masked
         try:
-            export_model("qa", ExportOptions(out=out, version=1, epochs=1, samples=64, verbose=0, force=True))
+            export_notebook_model("qa", ExportOptions(out=out, version=1, epochs=1, samples=64, verbose=0, force=True))
         finally:
             builders.BUILDERS["qa"] = original
     document = json.loads((model_dir / "model.json").read_text())

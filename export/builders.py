@@ -2,59 +2,42 @@
 
 Each builder returns a `Blueprint`: the Keras model to serve (dict in, dict out, keyed by the
 contract names), the model to fit (usually the same one), per-head losses, and how to make
-synthetic data of the right kind for every loss. The notebook's bugs are fixed here, not copied:
-`posts` declares the minimum length its conv/pool stack needs, its targets match their losses, the
-dual camera really calls ONE Xception base on both inputs, and the Inception branches are padded
-so their outputs can be concatenated.
+synthetic data of the right kind for every loss. What is served (names, dtypes, shapes, minimum
+lengths, id ranges) is not declared here: the one exporter derives it from the model, as it does
+for a user's model. The notebook's bugs are fixed here, not copied: `posts` is trained above the
+minimum length its conv/pool stack needs, its targets match their losses, the dual camera really
+calls ONE Xception base on both inputs, and the Inception branches are padded so their outputs
+can be concatenated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import keras
 import numpy as np
 from keras import layers
 
-from mimo.export.sequence import minimum_length
+from mimo.export.graph import minimum_length
 
 Arrays = dict[str, np.ndarray]
-
-
-@dataclass
-class TensorInfo:
-    name: str
-    datatype: str  # v2 datatype name, e.g. "FP32"
-    shape: list[int]  # -1 for a dynamic dimension
 
 
 @dataclass
 class Blueprint:
     name: str
     model: keras.Model  # what is exported: dict of contract inputs -> dict of contract outputs
-    inputs: list[TensorInfo]
-    outputs: list[TensorInfo]
     losses: dict[str, str]
     make_inputs: Callable[[np.random.Generator, int, int | None], Arrays]  # (rng, batch, length)
     make_targets: Callable[[np.random.Generator, int], Arrays]
     train_length: int | None = None  # sequence length used for fitting; None if no sequences
     loss_weights: dict[str, float] | None = None
-    constraints: dict[str, dict] = field(default_factory=dict)
     training_model: keras.Model | None = None  # when the served model has no head to fit
     default_epochs: int = 10
     default_samples: int = 1000
     batch_size: int = 128  # for fitting
     max_batch_size: int = 32  # the serving default written to model.json
-
-    @property
-    def sequence_inputs(self) -> list[str]:
-        return [t.name for t in self.inputs if len(t.shape) >= 2 and t.shape[1] == -1]
-
-    @property
-    def min_length(self) -> int:
-        """Shortest sequence every sequence input accepts (1 when nothing shrinks it)."""
-        return max([c.get("min_length", 1) for c in self.constraints.values()] or [1])
 
 
 def _tokens(rng: np.random.Generator, vocab: int, batch: int, length: int) -> np.ndarray:
@@ -77,13 +60,6 @@ def _binary(rng: np.random.Generator, batch: int) -> np.ndarray:
     return labels
 
 
-def _token_constraint(embedding: layers.Embedding, min_length: int | None = None) -> dict:
-    constraint: dict = {"id_range": [0, int(embedding.input_dim)]}
-    if min_length is not None:
-        constraint["min_length"] = int(min_length)
-    return constraint
-
-
 def build_mlp(image_size: int) -> Blueprint:
     x = keras.Input(shape=(64,), name="x")
     h = layers.Dense(32, activation="relu")(x)
@@ -93,8 +69,6 @@ def build_mlp(image_size: int) -> Blueprint:
     return Blueprint(
         name="mlp",
         model=model,
-        inputs=[TensorInfo("x", "FP32", [-1, 64])],
-        outputs=[TensorInfo("probs", "FP32", [-1, 10])],
         losses={"probs": "categorical_crossentropy"},
         make_inputs=lambda rng, b, n: {"x": _floats(rng, b, 64)},
         make_targets=lambda rng, b: {"probs": _one_hot(rng, b, 10)},
@@ -114,13 +88,7 @@ def build_qa(image_size: int) -> Blueprint:
     return Blueprint(
         name="qa",
         model=model,
-        inputs=[TensorInfo("text", "INT32", [-1, -1]), TensorInfo("question", "INT32", [-1, -1])],
-        outputs=[TensorInfo("answer", "FP32", [-1, 500])],
         losses={"answer": "categorical_crossentropy"},
-        constraints={
-            "text": _token_constraint(text_embedding),
-            "question": _token_constraint(question_embedding),
-        },
         make_inputs=lambda rng, b, n: {
             "text": _tokens(rng, 10000, b, n),
             "question": _tokens(rng, 10000, b, max(1, n // 5)),
@@ -155,7 +123,7 @@ def build_posts(image_size: int) -> Blueprint:
         "gender": layers.Dense(1, activation="sigmoid")(x),
     }
     model = keras.Model({"posts": posts}, heads, name="posts")
-    shortest = minimum_length(stack)
+    shortest = minimum_length(model, 0)  # derived from the layers, as the exporter does
 
     def targets(rng: np.random.Generator, b: int) -> Arrays:
         income = rng.uniform(1000, 100000, size=b)
@@ -169,15 +137,8 @@ def build_posts(image_size: int) -> Blueprint:
     return Blueprint(
         name="posts",
         model=model,
-        inputs=[TensorInfo("posts", "INT32", [-1, -1])],
-        outputs=[
-            TensorInfo("age", "FP32", [-1, 1]),
-            TensorInfo("income", "FP32", [-1, income_groups]),
-            TensorInfo("gender", "FP32", [-1, 1]),
-        ],
         losses={"age": "mse", "income": "categorical_crossentropy", "gender": "binary_crossentropy"},
         loss_weights={"age": 0.25, "income": 1.0, "gender": 10.0},
-        constraints={"posts": _token_constraint(embedding, shortest)},
         make_inputs=lambda rng, b, n: {"posts": _tokens(rng, vocabulary_size, b, n)},
         make_targets=targets,
         train_length=shortest + 31,  # trained above the minimum, not at it
@@ -195,8 +156,6 @@ def build_similarity(image_size: int) -> Blueprint:
     return Blueprint(
         name="similarity",
         model=model,
-        inputs=[TensorInfo("left", "FP32", [-1, -1, 128]), TensorInfo("right", "FP32", [-1, -1, 128])],
-        outputs=[TensorInfo("similarity", "FP32", [-1, 1])],
         losses={"similarity": "binary_crossentropy"},
         make_inputs=lambda rng, b, n: {
             "left": _floats(rng, b, n, 128),
@@ -218,15 +177,9 @@ def build_dual_camera(image_size: int) -> Blueprint:
     # The features have no loss of their own; fit them through a small depth head.
     depth = layers.Dense(1)(layers.GlobalAveragePooling2D()(features))
     trainer = keras.Model({"left": left, "right": right}, {"depth": depth})
-    out_shape = list(model.output["features"].shape)
     return Blueprint(
         name="dual_camera",
         model=model,
-        inputs=[
-            TensorInfo("left", "FP32", [-1, image_size, image_size, 3]),
-            TensorInfo("right", "FP32", [-1, image_size, image_size, 3]),
-        ],
-        outputs=[TensorInfo("features", "FP32", [-1] + [int(d) for d in out_shape[1:]])],
         losses={"depth": "mse"},
         training_model=trainer,
         make_inputs=lambda rng, b, n: {
@@ -272,14 +225,7 @@ def build_clothing_price(image_size: int) -> Blueprint:
     return Blueprint(
         name="clothing_price",
         model=model,
-        inputs=[
-            TensorInfo("metadata", "FP32", [-1, metadata_size]),
-            TensorInfo("description", "INT32", [-1, -1]),
-            TensorInfo("picture", "FP32", [-1, picture, picture, 3]),
-        ],
-        outputs=[TensorInfo("price", "FP32", [-1, 1])],
         losses={"price": "mse"},
-        constraints={"description": _token_constraint(embedding)},
         make_inputs=inputs,
         make_targets=lambda rng, b: {"price": rng.uniform(5, 200, size=(b, 1)).astype(np.float32)},
         train_length=40,
@@ -317,8 +263,6 @@ def build_inception_residual(image_size: int) -> Blueprint:
     return Blueprint(
         name="inception_residual",
         model=model,
-        inputs=[TensorInfo("image", "FP32", [-1, 32, 32, 3])],
-        outputs=[TensorInfo("probs", "FP32", [-1, 10])],
         losses={"probs": "categorical_crossentropy"},
         make_inputs=lambda rng, b, n: {"image": _floats(rng, b, 32, 32, 3)},
         make_targets=lambda rng, b: {"probs": _one_hot(rng, b, 10)},

@@ -1,4 +1,4 @@
-"""`mimo export`: build, fit and write the notebook's models into a model repository."""
+"""`mimo export`: a Keras model of your own (--from), or the notebook's models, into a model repository."""
 
 from __future__ import annotations
 
@@ -10,56 +10,97 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of the way
 
+NOTEBOOK_MODELS = ["mlp", "qa", "posts", "similarity", "dual_camera", "clothing_price", "inception_residual"]
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from mimo.export.builders import BUILDERS
-
-    parser = argparse.ArgumentParser(prog="mimo export", description=__doc__)
-    parser.add_argument("--models", nargs="+", choices=list(BUILDERS), default=list(BUILDERS), metavar="NAME",
-                        help=f"models to export (default: all of {', '.join(BUILDERS)})")
+    parser = argparse.ArgumentParser(
+        prog="mimo export", description=__doc__,
+        epilog="examples:  mimo export --from my_model.keras --name mine --out models\n"
+               "           mimo export --models qa posts --out models",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--from", dest="source", type=Path, metavar="PATH",
+                        help="export your own model: a .keras or .h5 file, or a SavedModel folder")
+    parser.add_argument("--name", help="the model's name in the repository (with --from)")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import a module (or a .py file) first, e.g. the one registering custom layers; repeatable")
+    parser.add_argument("--models", nargs="+", choices=NOTEBOOK_MODELS, default=None, metavar="NAME",
+                        help=f"notebook models to build, fit and export (default: all of {', '.join(NOTEBOOK_MODELS)})")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("MIMO_MODEL_REPOSITORY", "models")),
                         help="model repository folder (default: ./models)")
     parser.add_argument("--version", type=int, default=None,
                         help="version number to write (default: one above the newest)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: per model)")
-    parser.add_argument("--samples", type=int, default=None, help="synthetic training samples (default: per model)")
-    parser.add_argument("--image-size", type=int, default=250,
-                        help="Xception input size for dual_camera (default 250; 71 is the smallest)")
     parser.add_argument("--force", action="store_true", help="replace an existing version")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quiet", action="store_true", help="no Keras progress output")
+    parser.add_argument("--max-batch-size", type=int, default=32,
+                        help="largest batch the server forms for the model (with --from; default 32)")
+    notebook = parser.add_argument_group("notebook models only")
+    notebook.add_argument("--epochs", type=int, default=None, help="training epochs (default: per model)")
+    notebook.add_argument("--samples", type=int, default=None, help="synthetic training samples (default: per model)")
+    notebook.add_argument("--image-size", type=int, default=250,
+                          help="Xception input size for dual_camera (default 250; 71 is the smallest)")
+    notebook.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
+    if args.source is not None:
+        if not args.name:
+            parser.error("--from needs --name: the model's name in the repository")
+        if args.models:
+            parser.error("--from and --models do not go together")
+    elif args.name or args.imports:
+        parser.error("--name and --import go with --from")
     if args.image_size < 71:
         parser.error("--image-size must be at least 71 (Xception's smallest input)")
+    if args.version is not None and args.version < 1:
+        parser.error(f"--version must be a positive integer, got {args.version}")
+    if args.max_batch_size < 0:
+        parser.error("--max-batch-size must be 0 (no batching) or more")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from mimo.export.pipeline import ExportError, ExportOptions, export_model
-    from mimo.export.parity import ParityError
+    from mimo.export.pipeline import ExportError, ParityError
+
+    try:
+        if args.source is not None:
+            export_own(args)
+        else:
+            export_notebook(args)
+    except (ExportError, ParityError) as exc:
+        print(f"mimo export: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def export_own(args: argparse.Namespace) -> None:
+    from mimo.export.pipeline import describe, export_model
+    from mimo.export.sources import import_modules, load_model
+
+    say = (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))
+    import_modules(args.imports)
+    model = load_model(args.source)
+    say(f"== exporting {args.source} as {args.name} into {args.out}")
+    facts = export_model(model, args.name, args.out, version=args.version, force=args.force,
+                         max_batch_size=args.max_batch_size, facts={"source": str(args.source)}, log=say)
+    say(f"== {describe(args.name, facts)}")
+    for name, notes in facts["analysis"].items():
+        say(f"   {name}: " + "; ".join(notes))
+
+
+def export_notebook(args: argparse.Namespace) -> None:
+    from mimo.export.notebook import ExportOptions, export_notebook_model
+    from mimo.export.pipeline import describe
 
     options = ExportOptions(
         out=args.out, version=args.version, epochs=args.epochs, samples=args.samples,
         image_size=args.image_size, force=args.force, seed=args.seed, verbose=0 if args.quiet else 1,
     )
-    for name in args.models:
+    for name in args.models or NOTEBOOK_MODELS:
         print(f"== exporting {name} into {args.out}", flush=True)
         started = time.monotonic()
-        try:
-            facts = export_model(name, options)
-        except (ExportError, ParityError) as exc:
-            print(f"mimo export: {exc}", file=sys.stderr)
-            return 1
-        parity = ", ".join(f"{k} {v:.2g}" for k, v in facts["parity"].items())
-        sizes = facts["sizes_bytes"]
-        print(
-            f"== {name}: {time.monotonic() - started:.1f}s, {facts['parameters']:,} parameters, "
-            f"SavedModel {sizes['savedmodel'] / 1e6:.1f} MB, ONNX {sizes['onnx'] / 1e6:.1f} MB, "
-            f"parity max|diff| {parity}",
-            flush=True,
-        )
-    return 0
+        facts = export_notebook_model(name, options)
+        print(f"== {describe(name, facts)} ({time.monotonic() - started:.1f}s with training)", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Build, fit, write both formats, check parity, and publish one model version atomically.
+"""Write one model version: SavedModel + ONNX from any Keras model, parity, atomic publish.
 
-A version is built in a hidden staging folder beside its final place and renamed into place only
-after the parity check passes, so a server watching the repository never sees half a version and a
-failed (or killed) export leaves no version folder behind.
+`export_model` is the one exporter: the CLI's `--from`, the Python call after `model.fit()` and
+the notebook's models all end here. A version is built in a hidden staging folder beside its final
+place and renamed into place only after the parity check passes, so a server watching the
+repository never sees half a version, and a failed (or killed) export leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -10,109 +11,107 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from mimo.export.builders import BUILDERS, Blueprint
-from mimo.export.formats import OPSET, signature_plan, write_onnx, write_savedmodel
-from mimo.export.parity import check_parity
-from mimo.protos.repository import (
-    MODEL_JSON,
-    ONNX_FILE,
-    SAVEDMODEL_DIR,
-    version_dirs,
-    write_model_json,
-)
+from mimo.export.contract import Contract, ContractError, derive_contract
+from mimo.export.formats import OPSET, write_onnx, write_savedmodel
+from mimo.export.parity import ParityError, check_parity  # noqa: F401 - part of the API
+from mimo.protos.repository import MODEL_JSON, ONNX_FILE, SAVEDMODEL_DIR, version_dirs, write_model_json
 
 STAGING_PREFIX = ".staging-"
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a folder name: no '/', no '..'
+DEFAULT_MAX_BATCH_SIZE = 32
 
 
 class ExportError(RuntimeError):
-    pass
+    """An export that cannot be done; the message names the problem."""
 
 
-@dataclass
-class ExportOptions:
-    out: Path
-    version: int | None = None  # None: one above the newest existing version
-    epochs: int | None = None  # None: the model's default
-    samples: int | None = None
-    image_size: int = 250
-    force: bool = False
-    seed: int = 0
-    verbose: int = 1
+def export_model(
+    model,
+    name: str,
+    repository: str | os.PathLike = "models",
+    *,
+    version: int | None = None,
+    force: bool = False,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    facts: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict:
+    """Export a live `keras.Model` as version `version` (default: one above the newest) of `name`.
 
-
-def export_model(name: str, options: ExportOptions) -> dict:
-    """Export one model; returns the facts recorded for the new version in model.json."""
-    if name not in BUILDERS:
-        raise ExportError(f"unknown model {name!r}; choose from {', '.join(BUILDERS)}")
-    model_dir = options.out / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(model_dir)
-    version = _choose_version(model_dir, options)
-
-    import keras
-
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(options.seed)
+    Returns the version's facts as written to model.json (formats, parity, what was derived).
+    Raises ExportError (bad name, existing version, a model that cannot be served by name) or
+    ParityError (the SavedModel does not compute what the model computes); either way nothing
+    is left in the repository.
+    """
+    say = log or (lambda message: None)
     started = time.monotonic()
-    blueprint = BUILDERS[name](options.image_size)
-    training = fit(blueprint, options)
-
-    staging = model_dir / f"{STAGING_PREFIX}{version}-{os.getpid()}"
+    _check_name(name)
+    try:
+        contract = derive_contract(model)
+    except ContractError as exc:
+        raise ExportError(str(exc)) from None
+    model_dir = Path(repository) / name
+    number = choose_version(model_dir, version, force)
+    created = not model_dir.exists()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(model_dir)
+    staging = model_dir / f"{STAGING_PREFIX}{number}-{os.getpid()}"
     try:
         staging.mkdir()
-        plan = write_savedmodel(blueprint, staging / SAVEDMODEL_DIR)
-        write_onnx(blueprint, staging / ONNX_FILE)
-        parity = check_parity(blueprint, staging / SAVEDMODEL_DIR, staging / ONNX_FILE)
-        facts = {
-            "formats": ["savedmodel", "onnx"],
-            **parity,
-            "parameters": int(blueprint.model.count_params()),
-            "opset": OPSET,
-            "image_size": options.image_size,
+        written = write_version(model, contract, staging, say)
+        written.update(facts or {})
+        written.update({
+            "parameters": int(model.count_params()),
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "export_seconds": round(time.monotonic() - started, 1),
             "libraries": library_versions(),
             "sizes_bytes": file_sizes(staging),
-            "training": training,
-        }
-        document = model_document(blueprint, plan, model_dir, version, facts)
-        _publish(staging, model_dir / str(version), options.force)
+        })
+        document = model_document(name, contract, max_batch_size, model_dir, number, written)
+        publish(staging, model_dir / str(number), force)
+        write_model_json(model_dir, document)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(model_dir, ignore_errors=True)
         raise
-    write_model_json(model_dir, document)
+    return written
+
+
+def write_version(model, contract: Contract, folder: Path, say: Callable[[str], None]) -> dict:
+    """Both formats into `folder` (ONNX where it can hold the model), then parity against Keras."""
+    write_savedmodel(model, contract, folder / SAVEDMODEL_DIR)
+    onnx_skipped = "; ".join(contract.onnx_blockers)
+    if not onnx_skipped:
+        try:
+            write_onnx(model, contract, folder / ONNX_FILE)
+        except Exception as exc:  # noqa: BLE001 - any converter failure means SavedModel-only
+            onnx_skipped = f"tf2onnx could not convert the model: {type(exc).__name__}: {_first_line(exc)}"
+    onnx_path = None if onnx_skipped else folder / ONNX_FILE
+    parity = check_parity(model, contract, folder / SAVEDMODEL_DIR, onnx_path)
+    if "onnx_parity_error" in parity:
+        onnx_skipped = parity.pop("onnx_parity_error")
+        (folder / ONNX_FILE).unlink()
+    facts = {"formats": ["savedmodel"] if onnx_skipped else ["savedmodel", "onnx"], **parity}
+    if onnx_skipped:
+        facts["onnx_skipped"] = onnx_skipped
+        say(f"   SavedModel only (served by the tensorflow backend): {onnx_skipped}")
+    else:
+        facts["opset"] = OPSET
+    facts["analysis"] = contract.analysis
     return facts
 
 
-def fit(blueprint: Blueprint, options: ExportOptions) -> dict:
-    """Fit on synthetic data whose targets are the right kind for each head's loss."""
-    rng = np.random.default_rng(options.seed)
-    samples = options.samples or blueprint.default_samples
-    epochs = options.epochs if options.epochs is not None else blueprint.default_epochs
-    trainer = blueprint.training_model or blueprint.model
-    trainer.compile(optimizer="rmsprop", loss=blueprint.losses, loss_weights=blueprint.loss_weights)
-    x = blueprint.make_inputs(rng, samples, blueprint.train_length or 1)
-    y = blueprint.make_targets(rng, samples)
-    history = trainer.fit(x, y, epochs=epochs, batch_size=blueprint.batch_size, verbose=options.verbose)
-    losses = history.history.get("loss", [])
-    return {
-        "epochs": epochs,
-        "samples": samples,
-        "sequence_length": blueprint.train_length,
-        "losses": blueprint.losses,
-        "loss_weights": blueprint.loss_weights,
-        "final_loss": float(losses[-1]) if losses else None,
-    }
-
-
-def model_document(blueprint: Blueprint, plan: dict, model_dir: Path, version: int, facts: dict) -> dict:
+def model_document(name: str, contract: Contract, max_batch_size: int, model_dir: Path, version: int,
+                   facts: dict) -> dict:
     """model.json: the contract of the newest export plus every version's facts."""
     previous = {}
     if (model_dir / MODEL_JSON).is_file():
@@ -125,15 +124,9 @@ def model_document(blueprint: Blueprint, plan: dict, model_dir: Path, version: i
     }
     versions[str(version)] = facts
     document = {
-        "name": blueprint.name,
-        "inputs": [vars(t) for t in blueprint.inputs],
-        "outputs": [vars(t) for t in blueprint.outputs],
-        "constraints": blueprint.constraints,
-        "signatures": {
-            name: {"inputs": [t.name for t in blueprint.inputs], "outputs": outputs}
-            for name, outputs in plan.items()
-        },
-        "max_batch_size": blueprint.max_batch_size,
+        "name": name,
+        **contract.document(),
+        "max_batch_size": max_batch_size,
         "versions": dict(sorted(versions.items(), key=lambda kv: int(kv[0]))),
     }
     # Serving settings a user added by hand survive a re-export.
@@ -141,6 +134,16 @@ def model_document(blueprint: Blueprint, plan: dict, model_dir: Path, version: i
         if key in previous:
             document[key] = previous[key]
     return document
+
+
+def describe(name: str, facts: dict) -> str:
+    """One line a person reads after an export: sizes, parity, the backend that will serve it."""
+    sizes = facts["sizes_bytes"]
+    parity = ", ".join(f"{k} {v:.2g}" for k, v in facts["parity"].items())
+    files = f"SavedModel {sizes['savedmodel'] / 1e6:.1f} MB" + (
+        f", ONNX {sizes['onnx'] / 1e6:.1f} MB" if "onnx" in sizes else " (no ONNX)")
+    return (f"{name}: {facts['export_seconds']:.1f}s, {facts['parameters']:,} parameters, {files}, "
+            f"max|diff| against Keras {parity}")
 
 
 def library_versions() -> dict[str, str]:
@@ -161,29 +164,41 @@ def library_versions() -> dict[str, str]:
 
 
 def file_sizes(version_dir: Path) -> dict[str, int]:
-    variables = version_dir / SAVEDMODEL_DIR / "variables"
-    savedmodel = sum(p.stat().st_size for p in (version_dir / SAVEDMODEL_DIR).rglob("*") if p.is_file())
-    return {
-        "savedmodel": savedmodel,
-        "savedmodel_variables": sum(p.stat().st_size for p in variables.rglob("*") if p.is_file()),
-        "onnx": (version_dir / ONNX_FILE).stat().st_size,
+    savedmodel = version_dir / SAVEDMODEL_DIR
+    sizes = {
+        "savedmodel": sum(p.stat().st_size for p in savedmodel.rglob("*") if p.is_file()),
+        "savedmodel_variables": sum(p.stat().st_size for p in (savedmodel / "variables").rglob("*") if p.is_file()),
     }
+    if (version_dir / ONNX_FILE).is_file():
+        sizes["onnx"] = (version_dir / ONNX_FILE).stat().st_size
+    return sizes
 
 
-def _choose_version(model_dir: Path, options: ExportOptions) -> int:
-    existing = version_dirs(model_dir)
-    if options.version is None:
-        return max(existing, default=0) + 1
-    if options.version < 1:
-        raise ExportError(f"--version must be a positive integer, got {options.version}")
-    if options.version in existing and not options.force:
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not MODEL_NAME.match(name) or ".." in name:
         raise ExportError(
-            f"{model_dir / str(options.version)} already exists; pass --force to replace it"
+            f"model name {name!r} is not a folder name: use letters, digits, '_', '-' and '.', "
+            "starting with a letter or digit (no '/', no '..')"
         )
-    return options.version
 
 
-def _publish(staging: Path, final: Path, force: bool) -> None:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def choose_version(model_dir: Path, version: int | None, force: bool) -> int:
+    existing = version_dirs(model_dir) if model_dir.is_dir() else {}
+    if version is None:
+        return max(existing, default=0) + 1
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ExportError(f"version must be a positive integer, got {version!r}")
+    if version in existing and not force:
+        raise ExportError(f"{model_dir / str(version)} already exists; pass --force to replace it")
+    return version
+
+
+def publish(staging: Path, final: Path, force: bool) -> None:
     """Rename the finished staging folder into place; with force, swap out the old version."""
     if not final.exists():
         os.rename(staging, final)
@@ -196,7 +211,7 @@ def _publish(staging: Path, final: Path, force: bool) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def _remove_stale_staging(model_dir: Path) -> None:
+def remove_stale_staging(model_dir: Path) -> None:
     """Remove staging folders left by exports that were killed (their process is gone)."""
     for entry in model_dir.glob(f"{STAGING_PREFIX}*"):
         pid = entry.name.rsplit("-", 1)[-1]
@@ -213,3 +228,6 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+__all__ = ["ExportError", "ParityError", "export_model", "describe"]

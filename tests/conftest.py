@@ -19,12 +19,12 @@ def exported_repo(tmp_path_factory) -> Path:
     reuse = os.environ.get("MIMO_TEST_REPOSITORY")
     if reuse:
         return Path(reuse)
-    from mimo.export.pipeline import ExportOptions, export_model
+    from mimo.export.notebook import ExportOptions, export_notebook_model
 
     out = tmp_path_factory.mktemp("repository")
     options = ExportOptions(out=out, **TEST_EXPORT)
     for name in MODELS:
-        export_model(name, options)
+        export_notebook_model(name, options)
     return out
 
 
