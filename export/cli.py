@@ -74,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export_own(args: argparse.Namespace) -> None:
-    from mimo.export.pipeline import describe, export_model
+    from mimo.export.pipeline import check_name, describe, export_model
     from mimo.export.sources import import_modules, load_model
 
     say = (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))
+    check_name(args.name)  # before loading anything: a bad name is the cheapest thing to report
     import_modules(args.imports)
     model = load_model(args.source)
     say(f"== exporting {args.source} as {args.name} into {args.out}")

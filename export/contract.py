@@ -79,10 +79,11 @@ def derive_contract(model: keras.Model) -> Contract:
             f"model {model.name!r} has no defined inputs: mimo serves functional and Sequential models "
             "built on keras.Input (a subclassed or unbuilt model has no named inputs to serve)"
         )
-    inputs = [_tensor(name, t, "input") for name, t in zip(input_names(model), input_tensors)]
-    outputs = [_tensor(name, t, "output") for name, t in zip(output_names(model), output_tensors)]
+    named_inputs = input_names(model)
+    inputs = [_tensor(name, input_tensors[i], "input") for name, i in named_inputs]
+    outputs = [_tensor(name, output_tensors[i], "output") for name, i in output_names(model)]
     contract = Contract(inputs, outputs)
-    for position, tensor in enumerate(inputs):
+    for tensor, (_, position) in zip(inputs, named_inputs):
         _analyse_input(model, position, tensor, contract)
         if tensor.datatype == "BYTES":
             contract.onnx_blockers.append(
@@ -91,43 +92,41 @@ def derive_contract(model: keras.Model) -> Contract:
     return contract
 
 
-def input_names(model: keras.Model) -> list[str]:
-    """Contract names of the inputs: dict keys, else the input layers' own names."""
-    tensors = list(model.inputs)
-    structure = getattr(model, "_inputs_struct", None)
-    if isinstance(structure, dict):
-        by_tensor = {id(t): key for key, t in structure.items()}
-        names = [by_tensor[id(t)] for t in tensors]
-    else:
-        names = [_layer_name(t) for t in tensors]
-    unnamed = [n for n in names if AUTO_INPUT_NAME.match(n)]
+def input_names(model: keras.Model) -> list[tuple[str, int]]:
+    """(contract name, position in model.inputs) of each input, in the model's own order:
+    dict keys as the dict lists them, else the input layers' names."""
+    names = _named(model, list(model.inputs), getattr(model, "_inputs_struct", None))
+    unnamed = [n for n, _ in names if AUTO_INPUT_NAME.match(n)]
     if unnamed:
         raise ContractError(
             f"model {model.name!r}: input(s) {', '.join(repr(n) for n in unnamed)} have no name of their own "
             "(Keras made it up); clients call inputs by name, so name each one: "
             "keras.Input(shape, name='...')" + _layer_list(model)
         )
-    _refuse_duplicates(model, names, "input")
+    _refuse_duplicates(model, [n for n, _ in names], "input")
     return names
 
 
-def output_names(model: keras.Model) -> list[str]:
-    """Contract names of the heads: dict keys, else the output layers' names."""
-    tensors = list(model.outputs)
-    structure = getattr(model, "_outputs_struct", None)
+def output_names(model: keras.Model) -> list[tuple[str, int]]:
+    """(contract name, position in model.outputs) of each head: dict keys, else the output layers' names."""
+    names = _named(model, list(model.outputs), getattr(model, "_outputs_struct", None))
+    _refuse_duplicates(model, [n for n, _ in names], "output")
+    return names
+
+
+def _named(model: keras.Model, tensors: list, structure) -> list[tuple[str, int]]:
+    # Keras flattens a dict in sorted key order; the contract keeps the order the user wrote.
+    position = {id(t): i for i, t in enumerate(tensors)}
     if isinstance(structure, dict):
-        by_tensor = {id(t): key for key, t in structure.items()}
-        names = [by_tensor[id(t)] for t in tensors]
-    else:
-        names = [_layer_name(t) for t in tensors]
-    _refuse_duplicates(model, names, "output")
-    return names
+        return [(key, position[id(t)]) for key, t in structure.items()]
+    return [(_layer_name(t), i) for i, t in enumerate(tensors)]
 
 
 def call_by_name(model: keras.Model, contract: Contract):
     """A function {input name: tensor} -> {head name: tensor} that calls `model` its own way."""
     in_names = [t.name for t in contract.inputs]
     out_names = [t.name for t in contract.outputs]
+    positions = output_names(model)
     structure = getattr(model, "_inputs_struct", None)
 
     def call(tensors: dict):
@@ -139,7 +138,8 @@ def call_by_name(model: keras.Model, contract: Contract):
             heads = model([tensors[n] for n in in_names], training=False)
         if isinstance(heads, dict):
             return {name: heads[name] for name in out_names}
-        return dict(zip(out_names, keras.tree.flatten(heads)))
+        flat = keras.tree.flatten(heads)
+        return {name: flat[i] for name, i in positions}
 
     return call
 

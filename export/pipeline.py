@@ -53,7 +53,7 @@ def export_model(
     """
     say = log or (lambda message: None)
     started = time.monotonic()
-    _check_name(name)
+    check_name(name)
     try:
         contract = derive_contract(model)
     except ContractError as exc:
@@ -174,7 +174,7 @@ def file_sizes(version_dir: Path) -> dict[str, int]:
     return sizes
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
     if not isinstance(name, str) or not MODEL_NAME.match(name) or ".." in name:
         raise ExportError(
             f"model name {name!r} is not a folder name: use letters, digits, '_', '-' and '.', "
