@@ -158,8 +158,8 @@ class Registry:
         if not path.is_dir():
             raise NotFound(f"no model '{name}' in the repository")
         entry = await self._sync_model(name, path, force=True)
-        if entry.reason and not entry.versions:
-            raise Unavailable(entry.reason)
+        if not any(mv.state == READY for mv in entry.versions.values()):
+            raise Unavailable(f"model '{name}' could not be loaded" + _reasons(entry))
 
     async def unload_model(self, name: str) -> None:
         entry = self.models.get(name)

@@ -132,7 +132,7 @@ def test_startup_fails_clearly_on_malformed_model_json(tmp_path, exported_repo):
     document["inputs"][0]["shape"] = "64"
     (tmp_path / "mlp" / "model.json").write_text(json.dumps(document))
     result = _start_and_fail("--model-repository", str(tmp_path))
-    assert result.returncode != 0
+    assert result.returncode == 2 and f"nothing to serve in {tmp_path}:" in result.stderr
     assert "mlp/model.json: inputs/0/shape" in result.stderr and "Traceback" not in result.stderr
     (tmp_path / "mlp" / "model.json").write_text("{not json")
     result = _start_and_fail("--model-repository", str(tmp_path))
@@ -161,3 +161,44 @@ def test_settings_come_from_environment(tmp_path):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def test_drop_ins_serve_beside_a_broken_folder_and_strict_readiness_refuses_it(tmp_path, exported_repo):
+    """`mimo serve` on bare files (no model.json) and one broken folder: the rest serve; the operator
+    who asked for --strict-readiness gets exit 2 and every reason instead."""
+    (tmp_path / "mlp_onnx" / "1").mkdir(parents=True)
+    shutil.copy(exported_repo / "mlp" / "1" / "model.onnx", tmp_path / "mlp_onnx" / "1" / "model.onnx")
+    (tmp_path / "mlp_savedmodel" / "1").mkdir(parents=True)
+    shutil.copytree(exported_repo / "mlp" / "1" / "model.savedmodel", tmp_path / "mlp_savedmodel" / "1" / "model.savedmodel")
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "model.json").write_text("{not json")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mimo", "serve", "--model-repository", str(tmp_path), "--port", str(port),
+         "--metrics-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_ready(address, process)
+        stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
+        index = {(m.name, m.version): (m.state, m.reason) for m in stub.RepositoryIndex(pb.RepositoryIndexRequest()).models}
+        assert index[("mlp_onnx", "1")] == ("READY", "") and index[("mlp_savedmodel", "1")] == ("READY", "")
+        assert index[("broken", "")][0] == "UNAVAILABLE" and "broken/model.json: not valid JSON" in index[("broken", "")][1]
+        inputs = sample_inputs(exported_repo, "mlp", 2)
+        expected = run_onnx(exported_repo, "mlp", inputs)["probs"]
+        for name in ("mlp_onnx", "mlp_savedmodel"):
+            meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=name))
+            assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("x", "FP32", [-1, 64])]
+            answer = codec.decode_infer_response(stub.ModelInfer(codec.encode_infer_request(name, inputs), timeout=30))
+            np.testing.assert_allclose(answer["probs"], expected, atol=1e-5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        log = process.communicate(timeout=60)[0]
+    assert process.returncode == 0
+    loads = [line for line in log.splitlines() if " ready on " in line and "mlp_" in line]
+    print("\n".join(loads))  # the drop-ins' load times, TensorFlow's import included for the first
+    assert len(loads) == 2 and all(line.rstrip().endswith(" s") for line in loads)
+    assert "model mlp_onnx version 1: derived from model.onnx: inputs x FP32 [-1, 64]; outputs probs FP32" in log
+    result = _start_and_fail("--model-repository", str(tmp_path), "--strict-readiness")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--strict-readiness and not every model is ready:" in result.stderr
+    assert f"model broken: {tmp_path / 'broken' / 'model.json'}: not valid JSON" in result.stderr

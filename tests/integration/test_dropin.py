@@ -157,6 +157,13 @@ def dropin_server(built, tmp_path_factory):
         "outputs": [{"name": "wrong", "datatype": "FP32", "shape": [-1, 3]}]})
     drop_in(repo, "wrong_shape", built["savedmodel"][0], {
         "inputs": [{"name": "a", "datatype": "FP32", "shape": [-1, 32]}, {"name": "b", "datatype": "FP32", "shape": [-1, 4]}]})
+    drop_in(repo, "both", built["savedmodel"][0])
+    shutil.copy(built["onnx"][0] / "model.onnx", repo / "both" / "1" / "model.onnx")
+    drop_in(repo, "savedmodel_only", built["text"][0], {  # as the exporter writes a string-input model
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": "probs", "datatype": "FP32", "shape": [-1, 2]}],
+        "signatures": {"serving_default": {"inputs": ["text"], "outputs": ["probs"]}}, "max_batch_size": 8,
+        "versions": {"1": {"formats": ["savedmodel"], "onnx_skipped": "string input 'text'"}}})
     drop_in(repo, "bad_json", built["savedmodel"][0], "{not json")
     (repo / "empty_version" / "1").mkdir(parents=True)
     (repo / "no_versions").mkdir()
@@ -231,6 +238,17 @@ def test_partial_model_json_is_merged_with_what_the_file_says(built, dropin_serv
     np.testing.assert_allclose(triton_infer(client, "partial", inputs, ["flag"])["flag"], expected["flag"], atol=TOL)
 
 
+def test_backend_follows_the_formats_a_version_has(built, dropin_server):
+    _, client, _, _ = dropin_server
+    backend = lambda name: client.get_model_config(name, as_json=True)["config"]["backend"]  # noqa: E731
+    assert backend("both") == "onnxruntime"  # both files: the server's --backend default
+    assert backend("savedmodel_only") == "tensorflow"  # formats ["savedmodel"], no "backend" key
+    _, inputs, expected = built["text"]
+    answer = triton_infer(client, "savedmodel_only", inputs, ["probs"])
+    np.testing.assert_allclose(answer["probs"], expected["probs"], atol=TOL)
+    assert client.get_model_config("savedmodel_only", as_json=True)["config"]["max_batch_size"] == 8
+
+
 def test_mismatched_and_broken_folders_are_reported_beside_the_good_ones(dropin_server):
     thread, client, repo, onnx_out = dropin_server
     index = index_of(client)
@@ -247,7 +265,7 @@ def test_mismatched_and_broken_folders_are_reported_beside_the_good_ones(dropin_
     assert index[("no_versions", "")] == ("UNAVAILABLE", f"no version folders (1/, 2/, ...) in {repo / 'no_versions'}")
     for name in ("wrong_output", "wrong_shape", "bad_json", "empty_version", "no_versions"):
         assert not client.is_model_ready(name), name
-    for name in ("bare_savedmodel", "bare_onnx", "text", "partial"):
+    for name in ("bare_savedmodel", "bare_onnx", "text", "partial", "both", "savedmodel_only"):
         assert client.is_model_ready(name) and index[(name, "1")] == ("READY", ""), name
     assert client.is_server_ready()
     with pytest.raises(Exception) as error:
