@@ -172,22 +172,27 @@ class Registry:
         entry = self.models.setdefault(name, ModelEntry(name, path))
         try:
             entry.document = read_model_document(path)
-            entry.reason = ""
         except RepositoryError as exc:
             # Versions loaded from the previous model.json keep serving until it is fixed.
-            entry.reason = str(exc) + (" (serving the versions loaded before)" if entry.versions else "")
-            log.error("model %s not loaded: %s", name, entry.reason)
+            self._report(entry, str(exc) + (" (serving the versions loaded before)" if entry.versions else ""))
             return entry
-        await self._sync_versions(entry, force)
+        self._report(entry, await self._sync_versions(entry, force))
         return entry
 
-    async def _sync_versions(self, entry: ModelEntry, force: bool = False) -> None:
+    @staticmethod
+    def _report(entry: ModelEntry, reason: str) -> None:
+        """Record why a model cannot be served; log it once, not on every repository poll."""
+        if reason and reason != entry.reason:
+            log.error("model %s not served: %s", entry.name, reason)
+        entry.reason = reason
+
+    async def _sync_versions(self, entry: ModelEntry, force: bool = False) -> str:
+        """Load wanted versions, retire replaced ones; returns why the model has none to load, or ""."""
         available = version_dirs(entry.path)
         wanted = wanted_versions(entry.document.get("version_policy", {}), list(available))
-        if not wanted:
-            entry.reason = (f"no version folders (1/, 2/, ...) in {entry.path}" if not available else
-                            f"no version folder matches the version policy {entry.document['version_policy']}")
-            log.warning("model %s: %s", entry.name, entry.reason)
+        reason = "" if wanted else (
+            f"no version folders (1/, 2/, ...) in {entry.path}" if not available else
+            f"no version folder matches the version policy {entry.document['version_policy']}")
         for number in wanted:
             known = entry.versions.get(number)
             stamp = fingerprint(entry.path, available[number])
@@ -197,6 +202,7 @@ class Registry:
         for number in [n for n in entry.versions if n not in wanted]:
             if self._has_ready_replacement(entry, number):
                 await self._retire(entry, entry.versions[number])
+        return reason
 
     @staticmethod
     def _has_ready_replacement(entry: ModelEntry, number: int) -> bool:

@@ -119,26 +119,6 @@ def test_describe_a_bare_savedmodel_and_onnx_file(built):
         model_files.describe_version(built["text"][0].parent)
 
 
-def test_mismatches_name_what_model_json_gets_wrong():
-    described = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}],
-                 "outputs": [{"name": "prob", "datatype": "FP32", "shape": [-1, 10]}],
-                 "signatures": {"serving_default": {"inputs": ["x"], "outputs": ["prob"]}}, "max_batch_size": 32}
-    document = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 32]}],
-                "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1, 10]}]}
-    assert model_files.mismatches(document, described, "model.onnx", signatures=False) == [
-        "model.json input 'x' shape [-1, 32] but model.onnx has [-1, 64]",
-        "model.json output 'score' is not an output of model.onnx (outputs: prob)",
-    ]
-    narrower = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [4, 64]}], "max_batch_size": 0}
-    assert model_files.mismatches(narrower, described, "model.onnx") == []
-    fixed = dict(described, inputs=[{"name": "x", "datatype": "FP32", "shape": [1, 64]}])
-    assert model_files.mismatches({"max_batch_size": 8}, fixed, "model.savedmodel") == [
-        "model.json max_batch_size 8 but model.savedmodel has a fixed axis 0 in x (set max_batch_size 0)"]
-    assert model_files.mismatches({"signatures": {"head": {"inputs": ["x"], "outputs": ["prob"]}}},
-                                  described, "model.savedmodel") == [
-        "model.json signature 'head' is not a signature of model.savedmodel (signatures: serving_default)"]
-
-
 # -- serving drop-ins -----------------------------------------------------------------------------
 
 
