@@ -80,13 +80,35 @@ def export_own(args: argparse.Namespace) -> None:
     say = (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))
     check_name(args.name)  # before loading anything: a bad name is the cheapest thing to report
     import_modules(args.imports)
-    model = load_model(args.source)
     say(f"== exporting {args.source} as {args.name} into {args.out}")
-    facts = export_model(model, args.name, args.out, version=args.version, force=args.force,
-                         max_batch_size=args.max_batch_size, facts={"source": str(args.source)}, log=say)
-    say(f"== {describe(args.name, facts)}")
+    facts = export_folder(args, say) if args.source.is_dir() else None
+    if facts is None:
+        model = load_model(args.source)
+        facts = export_model(model, args.name, args.out, version=args.version, force=args.force,
+                             max_batch_size=args.max_batch_size, facts={"source": str(args.source)}, log=say)
+        say(f"== {describe(args.name, facts)}")
+    else:
+        say(f"== {args.name}: model.json written from the files ({', '.join(facts['formats'])})")
     for name, notes in facts["analysis"].items():
         say(f"   {name}: " + "; ".join(notes))
+
+
+def export_folder(args: argparse.Namespace, say) -> dict | None:
+    """A drop-in version folder in the repository, or a folder holding only model.onnx: its
+    model.json from the files. None when the folder is a SavedModel to export as a Keras model."""
+    from mimo.export import adopt
+    from mimo.export.pipeline import ExportError
+    from mimo.export.sources import savedmodel_folder
+    from mimo.protos.repository import ONNX_FILE
+
+    number = adopt.in_place_version(args.source, args.out, args.name)
+    if number is not None:
+        if args.version not in (None, number):
+            raise ExportError(f"--from {args.source} is version {number} already; --version {args.version} does not apply")
+        return adopt.adopt_in_place(args.source, args.name, args.force, say)
+    if savedmodel_folder(args.source) is None and (args.source / ONNX_FILE).is_file():
+        return adopt.import_onnx(args.source, args.name, args.out, args.version, args.force, say)
+    return None
 
 
 def export_notebook(args: argparse.Namespace) -> None:

@@ -75,7 +75,8 @@ def export_model(
             "libraries": library_versions(),
             "sizes_bytes": file_sizes(staging),
         })
-        document = model_document(name, contract, max_batch_size, model_dir, number, written)
+        document = model_document(name, {**contract.document(), "max_batch_size": max_batch_size},
+                                  model_dir, number, written)
         publish(staging, model_dir / str(number), force)
         write_model_json(model_dir, document)
     except BaseException:
@@ -110,9 +111,9 @@ def write_version(model, contract: Contract, folder: Path, say: Callable[[str], 
     return facts
 
 
-def model_document(name: str, contract: Contract, max_batch_size: int, model_dir: Path, version: int,
-                   facts: dict) -> dict:
-    """model.json: the contract of the newest export plus every version's facts."""
+def model_document(name: str, contract: dict, model_dir: Path, version: int, facts: dict) -> dict:
+    """model.json: the contract of the newest export (inputs, outputs, constraints, signatures,
+    max_batch_size) plus every version's facts."""
     previous = {}
     if (model_dir / MODEL_JSON).is_file():
         try:
@@ -125,8 +126,7 @@ def model_document(name: str, contract: Contract, max_batch_size: int, model_dir
     versions[str(version)] = facts
     document = {
         "name": name,
-        **contract.document(),
-        "max_batch_size": max_batch_size,
+        **contract,
         "versions": dict(sorted(versions.items(), key=lambda kv: int(kv[0]))),
     }
     # Serving settings a user added by hand survive a re-export.

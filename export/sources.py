@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from mimo.export.pipeline import ExportError
-from mimo.protos.repository import ONNX_FILE, SAVEDMODEL_DIR
+from mimo.protos.repository import SAVEDMODEL_DIR
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -49,12 +49,8 @@ def load_model(source: str | Path):
     if path.is_dir():
         savedmodel = savedmodel_folder(path)
         if savedmodel is None:
-            if (path / ONNX_FILE).is_file():
-                raise ExportError(
-                    f"--from {path}: holds only {ONNX_FILE}; there is no Keras model or SavedModel to export "
-                    "from. Serve the folder as it is (a drop-in version folder needs no model.json)"
-                )
-            raise ExportError(f"--from {path}: not a SavedModel folder (no saved_model.pb) and no {SAVEDMODEL_DIR}/ in it")
+            raise ExportError(f"--from {path}: not a SavedModel folder (no saved_model.pb), "
+                              f"and no {SAVEDMODEL_DIR}/ or model.onnx in it")
         return wrap_savedmodel(savedmodel)
     if path.suffix.lower() not in KERAS_SUFFIXES:
         raise ExportError(f"--from {path}: not a model file (expected .keras, .h5, or a SavedModel folder)")

@@ -254,3 +254,30 @@ def test_unnamed_inputs_are_refused_with_the_layer_names(tmp_path):
     with pytest.raises(ExportError, match=r"no name of their own.*its layers: .*out \(Dense\)"):
         export_model(model, "seq", tmp_path, log=None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_writes_model_json_for_a_drop_in_version_in_place(user_repo, tmp_path):
+    """A bare SavedModel dropped into the repository gets its full model.json; the files stay."""
+    import tf2onnx
+
+    model = keras.saving.load_model(user_repo[1] / "list_heads.keras")
+    version = tmp_path / "repo" / "heads" / "3"
+    model.export(str(version / "model.savedmodel"), format="tf_saved_model", verbose=False)
+    files_before = sorted(p.name for p in version.rglob("*"))
+    assert export_cli.main(["--from", str(version), "--name", "heads", "--out", str(tmp_path / "repo"), "--quiet"]) == 0
+    assert sorted(p.name for p in version.rglob("*")) == files_before
+    spec = read_model_json(tmp_path / "repo" / "heads")
+    assert list(spec.versions) == [3] and spec.versions[3]["formats"] == ["savedmodel"]
+    assert [t.name for t in spec.inputs] == ["left", "right"]
+    assert "not analysed" in spec.versions[3]["analysis"]["left"][0]
+    # Run again: the version is described already.
+    assert export_cli.main(["--from", str(version), "--name", "heads", "--out", str(tmp_path / "repo"), "--quiet"]) == 1
+
+    # A folder elsewhere holding only model.onnx becomes the next version, described from the file.
+    onnx_only = tmp_path / "elsewhere"
+    onnx_only.mkdir()
+    tf2onnx.convert.from_keras(model, opset=17, output_path=str(onnx_only / "model.onnx"))
+    assert export_cli.main(["--from", str(onnx_only), "--name", "heads", "--out", str(tmp_path / "repo"), "--quiet"]) == 0
+    spec = read_model_json(tmp_path / "repo" / "heads")
+    assert sorted(spec.versions) == [3, 4] and spec.versions[4]["formats"] == ["onnx"]
+    assert (tmp_path / "repo" / "heads" / "4" / "model.onnx").read_bytes() == (onnx_only / "model.onnx").read_bytes()
