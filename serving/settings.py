@@ -44,7 +44,7 @@ class ServerSettings:
     batching: bool = True
     max_queue_delay_ms: float = 0.0  # extra wait for a fuller batch; 0 = batch what is queued
     max_queue_size: int = 1024  # requests waiting per model before RESOURCE_EXHAUSTED
-    strict_readiness: bool = False  # server ready only when every model is
+    strict_readiness: bool = False  # start (and be ready) only when every model and version is
     poll_seconds: float = 0.0  # repository poll for new versions; 0 = off
     grace_seconds: float = 20.0  # on SIGTERM, how long in-flight requests may take
     tls_cert: Path | None = None
@@ -134,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every request on its own (MIMO_BATCHING=0)")
     p.add_argument("--max-queue-delay-ms", type=float, default=float(_env("MAX_QUEUE_DELAY_MS", 0.0)))
     p.add_argument("--max-queue-size", type=int, default=int(_env("MAX_QUEUE_SIZE", 1024)))
-    p.add_argument("--strict-readiness", action="store_true", default=_env_bool("STRICT_READINESS", False))
+    p.add_argument("--strict-readiness", action="store_true", default=_env_bool("STRICT_READINESS", False),
+                   help="refuse to start (exit 2) unless every model and version loads; without it the "
+                        "server starts when at least one does and reports the others")
     p.add_argument("--poll-seconds", type=float, default=float(_env("POLL_SECONDS", 0.0)),
                    help="poll the repository for new versions every N seconds (0 = off)")
     p.add_argument("--grace-seconds", type=float, default=float(_env("GRACE_SECONDS", 20.0)))
