@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from mimo.export.contract import Contract, call_by_name
-from mimo.protos.dtypes import datatype_to_numpy
+from mimo.protos.examples import example_inputs
 
 RTOL = ATOL = 1e-4
-WORDS = np.array([b"the", b"model", b"serves", b"every", b"head", b"by", b"name", b"unknown"], dtype=object)
 
 
 class ParityError(RuntimeError):
@@ -33,23 +32,8 @@ def parity_cases(contract: Contract) -> list[tuple[int, int]]:
 
 def sample_inputs(contract: Contract, rng: np.random.Generator, batch: int, length: int) -> dict[str, np.ndarray]:
     """Valid random inputs: the contract's dtypes and shapes, ids in range, lengths above the minimum."""
-    arrays = {}
-    for tensor in contract.inputs:
-        shape = [batch] + [length if d == -1 else d for d in tensor.shape[1:]]
-        constraint = contract.constraints.get(tensor.name, {})
-        if tensor.datatype == "BYTES":
-            count = rng.integers(1, 6, size=shape)
-            arrays[tensor.name] = np.vectorize(lambda n: b" ".join(rng.choice(WORDS, n)), otypes=[object])(count)
-        elif tensor.datatype == "BOOL":
-            arrays[tensor.name] = rng.integers(0, 2, size=shape).astype(bool)
-        elif "id_range" in constraint:
-            low, high = constraint["id_range"]
-            arrays[tensor.name] = rng.integers(max(low, 1), high, size=shape).astype(datatype_to_numpy(tensor.datatype))
-        elif tensor.datatype.startswith(("INT", "UINT")):
-            arrays[tensor.name] = rng.integers(0, 10, size=shape).astype(datatype_to_numpy(tensor.datatype))
-        else:
-            arrays[tensor.name] = rng.random(shape).astype(datatype_to_numpy(tensor.datatype))
-    return arrays
+    return example_inputs([(t.name, t.datatype, t.shape) for t in contract.inputs], contract.constraints,
+                          rng, batch, length)
 
 
 def check_parity(model, contract: Contract, savedmodel_dir: Path, onnx_path: Path | None, seed: int = 1) -> dict:

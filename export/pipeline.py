@@ -14,6 +14,8 @@ import os
 import re
 import shutil
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,33 +60,66 @@ def export_model(
         contract = derive_contract(model)
     except ContractError as exc:
         raise ExportError(str(exc)) from None
-    model_dir = Path(repository) / name
-    number = choose_version(model_dir, version, force)
-    created = not model_dir.exists()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(model_dir)
-    staging = model_dir / f"{STAGING_PREFIX}{number}-{os.getpid()}"
-    try:
-        staging.mkdir()
-        written = write_version(model, contract, staging, say)
+    with staged_version(Path(repository), name, version, force) as staged:
+        written = write_version(model, contract, staged.folder, say)
         written.update(facts or {})
         written.update({
             "parameters": int(model.count_params()),
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "export_seconds": round(time.monotonic() - started, 1),
             "libraries": library_versions(),
-            "sizes_bytes": file_sizes(staging),
+            "sizes_bytes": file_sizes(staged.folder),
         })
-        document = model_document(name, {**contract.document(), "max_batch_size": max_batch_size},
-                                  model_dir, number, written)
-        publish(staging, model_dir / str(number), force)
-        write_model_json(model_dir, document)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            shutil.rmtree(model_dir, ignore_errors=True)
-        raise
+        staged.document = model_document(name, {**contract.document(), "max_batch_size": max_batch_size},
+                                         staged.model_dir, staged.number, written)
     return written
+
+
+@dataclass
+class StagedVersion:
+    model_dir: Path
+    number: int
+    folder: Path  # the hidden staging folder the caller writes the version's files into
+    document: dict | None = None  # the model.json to write once the version is in place
+
+
+@contextmanager
+def staged_version(repository: Path, name: str, version: int | None, force: bool):
+    """A staging folder for the next version of `name`; on leaving, rename it into place and write
+    the caller's model.json. On any error nothing is left, and nothing is visible before the end:
+    a model's first version is built in a hidden model folder that is renamed into place whole,
+    model.json included, so a killed first export leaves no half-made model for the server."""
+    model_dir = repository / name
+    number = choose_version(model_dir, version, force)
+    repository.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(repository)
+    first = not model_dir.exists()
+    if first:
+        shadow = repository / f"{STAGING_PREFIX}{name}-{os.getpid()}"
+        staged = StagedVersion(model_dir, number, shadow / str(number))
+    else:
+        remove_stale_staging(model_dir)
+        shadow = None
+        staged = StagedVersion(model_dir, number, model_dir / f"{STAGING_PREFIX}{number}-{os.getpid()}")
+    try:
+        staged.folder.mkdir(parents=True)
+        yield staged
+        if first:
+            write_model_json(shadow, staged.document)
+            _rename_new_model(shadow, model_dir)
+        else:
+            publish(staged.folder, model_dir / str(number), force)
+            write_model_json(model_dir, staged.document)
+    except BaseException:
+        shutil.rmtree(shadow or staged.folder, ignore_errors=True)
+        raise
+
+
+def _rename_new_model(shadow: Path, model_dir: Path) -> None:
+    try:
+        os.rename(shadow, model_dir)
+    except OSError:
+        raise ExportError(f"{model_dir} appeared during the export; export again to add a version") from None
 
 
 def write_version(model, contract: Contract, folder: Path, say: Callable[[str], None]) -> dict:
@@ -211,9 +246,9 @@ def publish(staging: Path, final: Path, force: bool) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def remove_stale_staging(model_dir: Path) -> None:
-    """Remove staging folders left by exports that were killed (their process is gone)."""
-    for entry in model_dir.glob(f"{STAGING_PREFIX}*"):
+def remove_stale_staging(folder: Path) -> None:
+    """Remove staging folders (in a repository or a model folder) left by killed exports."""
+    for entry in folder.glob(f"{STAGING_PREFIX}*"):
         pid = entry.name.rsplit("-", 1)[-1]
         if pid.isdigit() and _process_alive(int(pid)) and int(pid) != os.getpid():
             continue

@@ -2,7 +2,8 @@
 
 model.json (possibly partial, possibly absent) is completed from what the loaded file says about
 itself and checked against it, so a version is READY only when its contract is the file's truth:
-a mismatch is reported at load, not as INTERNAL on every request. Every failure here is an
+a mismatch is reported at load, not as INTERNAL on every request. The version then answers
+warm-up requests built from its contract before it is ready. Every failure here is an
 Unavailable naming the reason; the registry records it on the version.
 """
 
@@ -13,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
+from mimo.protos.dtypes import datatype_to_numpy
+from mimo.protos.examples import example_inputs
 from mimo.protos.model_files import complete, mismatches
 from mimo.protos.repository import (
     CONTRACT_KEYS,
@@ -23,7 +28,12 @@ from mimo.protos.repository import (
     present_formats,
 )
 from mimo.serving.backends import BACKEND_FORMATS, Backend, BackendOptions, create_backend
+from mimo.serving.backends.base import DEFAULT_SIGNATURE
 from mimo.serving.errors import Unavailable
+
+
+WARMUP_RUNS = 2  # the second run of ONNX Runtime is still slower than the steady state
+WARMUP_LENGTHS = (8, 64, 512)  # tried in turn for dynamic axes with no declared minimum
 
 
 @dataclass
@@ -76,8 +86,67 @@ def load_version(kind: str, document: Mapping[str, Any], number: int, version_di
         backend.unload()
         raise Unavailable(str(exc)) from None
     backend.spec = spec
+    try:
+        warm_up(backend, spec)
+    except Unavailable:
+        backend.unload()
+        raise
     return LoadedVersion(backend, spec, [k for k in CONTRACT_KEYS if k not in document],
                          time.perf_counter() - started)
+
+
+def warm_up(backend: Backend, spec: ModelSpec, runs: int = WARMUP_RUNS) -> None:
+    """Answer requests built from the contract before the version is ready: the first user request
+    is then not the slow one (TF traces its graph, ONNX Runtime allocates on its first run), and a
+    file that loads but cannot compute what model.json promises never takes over from a good one.
+
+    Dynamic axes with no declared minimum get growing lengths until one runs (a convolution stack
+    of a bare drop-in may need more than a few steps); Unavailable when none does.
+    """
+    heads = spec.signatures[DEFAULT_SIGNATURE]["outputs"]
+    tensors = [(t.name, t.datatype, t.shape) for t in spec.inputs
+               if t.name in spec.signatures[DEFAULT_SIGNATURE]["inputs"]]
+    constraints = {name: {"min_length": c.min_length, "id_range": c.id_range} for name, c in spec.constraints.items()}
+    lengths = WARMUP_LENGTHS if any(-1 in shape[1:] for _, _, shape in tensors) else WARMUP_LENGTHS[:1]
+    failure = ""
+    for length in lengths:
+        inputs = example_inputs(tensors, constraints, np.random.default_rng(0), 1, length)
+        try:
+            for _ in range(runs):
+                outputs = backend.predict(inputs, heads)
+        except Exception as exc:  # noqa: BLE001 - any failure of the model's own work
+            failure = f"{type(exc).__name__}: {_brief(exc)}"
+            continue
+        problems = _answer_problems(spec, heads, outputs)
+        if problems:
+            raise Unavailable(f"warm-up request: the answer does not match the contract: {'; '.join(problems)}")
+        return
+    raise Unavailable(f"warm-up request built from the contract failed: {failure}")
+
+
+def _brief(exc: Exception) -> str:
+    """The line of an error that says what went wrong (TensorFlow's put it after a trace of nodes)."""
+    lines = [line.rstrip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not line[0].isspace()
+            and not line.startswith(("Graph execution error", "Detected at node", "[[", "File "))]
+    return (said[-1] if said else lines[0] if lines else "")[:300]
+
+
+def _answer_problems(spec: ModelSpec, heads: list[str], outputs: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for head in heads:
+        declared, got = spec.output(head), outputs.get(head)
+        if got is None:
+            problems.append(f"no output '{head}'")
+            continue
+        got = np.asarray(got)
+        want_dtype = datatype_to_numpy(declared.datatype)
+        if got.dtype != want_dtype and not (want_dtype.kind == "O" and got.dtype.kind in "OSU"):
+            problems.append(f"output '{head}' is {got.dtype}, model.json says {declared.datatype}")
+        dims = list(declared.shape)
+        if got.ndim != len(dims) or any(d != -1 and d != g for d, g in zip(dims, got.shape)):
+            problems.append(f"output '{head}' has shape {list(got.shape)}, model.json says {dims}")
+    return problems
 
 
 def _check_files(kind: str, document: Mapping[str, Any], number: int, version_dir: Path) -> None:

@@ -237,7 +237,7 @@ def test_killed_export_leaves_no_partial_version(tmp_path):
     model_dir = tmp_path / "qa"
     deadline = time.monotonic() + 300
     try:
-        while time.monotonic() < deadline and not list(model_dir.glob(".staging-*/model.savedmodel")):
+        while time.monotonic() < deadline and not list(tmp_path.glob(".staging-qa-*/1/model.savedmodel")):
             assert process.poll() is None, "export ended before it could be killed"
             time.sleep(0.01)
         process.send_signal(signal.SIGKILL)
@@ -245,12 +245,15 @@ def test_killed_export_leaves_no_partial_version(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    assert version_dirs(model_dir) == {} and not (model_dir / "model.json").exists()
+    # Nothing the server would see: the first version is built in a hidden folder of the repository.
+    assert not model_dir.exists()
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
     # The next export clears the dead one's staging folder and publishes version 1.
     from mimo.export.notebook import ExportOptions, export_notebook_model as export_model
 
     export_model("qa", ExportOptions(out=tmp_path, epochs=1, samples=16, verbose=0))
     assert [p.name for p in model_dir.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert list(version_dirs(model_dir)) == [1]
 
 

@@ -8,7 +8,6 @@ and tritonclient checks every head against Keras' own answer, and the derived co
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -207,6 +206,16 @@ def test_cli_from_a_savedmodel_folder(user_repo, tmp_path):
         # The ids pass through an opaque SavedModel: no range is claimed, and model.json says why.
         assert "category" not in spec.raw.get("constraints", {})
         assert "not analysed" in " ".join(spec.versions[1]["analysis"]["category"])
+
+
+def test_cli_from_a_legacy_h5_file(tmp_path):
+    model = user_models.dict_io()
+    model.save(tmp_path / "legacy.h5")
+    assert export_cli.main(["--from", str(tmp_path / "legacy.h5"), "--name", "legacy", "--out", str(tmp_path / "repo"),
+                            "--quiet"]) == 0
+    spec = read_model_json(tmp_path / "repo" / "legacy")
+    assert spec.raw["constraints"] == {"category": {"id_range": [0, 12]}}
+    assert spec.versions[1]["formats"] == ["savedmodel", "onnx"]
 
 
 def _bad_models(folder: Path) -> dict[str, Path]:
