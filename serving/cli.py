@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 def _supervise(settings, argv: list[str]) -> int:
     """`--workers N`: run N `mimo serve` processes that share the port (SO_REUSEPORT; the kernel
     spreads new connections over them), each loading every model. Python's gRPC stack handles one
-    request at a time per process, so more processes use more cores. Worker i serves metrics on
-    metrics_port + i. SIGTERM/SIGINT are passed on and each worker drains; if one worker dies, the
+    request at a time per process, so more processes use more cores. Worker i serves its metrics on
+    metrics_port + 1 + i; metrics_port answers for all of them (each series labelled worker="i").
+    SIGTERM/SIGINT are passed on and each worker drains; if one worker dies, the
     others are stopped too and the exit status is non-zero (let the supervisor restart the set)."""
     import subprocess
     import time
@@ -60,8 +61,18 @@ def _supervise(settings, argv: list[str]) -> int:
         # The last occurrence of a flag wins in argparse: override --workers and --metrics-port.
         args += ["--workers", "1"]
         if settings.metrics_port:
-            args += ["--metrics-port", str(settings.metrics_port + index)]
+            args += ["--metrics-port", str(settings.metrics_port + 1 + index)]
         children.append(subprocess.Popen([sys.executable, "-m", "mimo.serving.cli", *args], env=env))
+    if settings.metrics_port:
+        from prometheus_client import CollectorRegistry
+
+        from mimo.serving.metrics import WorkersCollector, start_metrics_server
+
+        local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        gathered = CollectorRegistry()
+        gathered.register(WorkersCollector([f"http://{local}:{settings.metrics_port + 1 + index}/metrics"
+                                            for index in range(settings.workers)]))
+        start_metrics_server(settings.metrics_port, settings.host, gathered)
     log.info("mimo: %d worker processes on %s:%d: pids %s", settings.workers, settings.host, settings.port,
              " ".join(str(c.pid) for c in children))
 

@@ -48,6 +48,12 @@ class Unauthenticated(ServingError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class PermissionDenied(ServingError):
+    """The server's configuration does not allow the call (e.g. model control is off)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class BackendFailure(ServingError):
     """A backend raised while computing: INTERNAL, for that request only."""
 

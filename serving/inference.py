@@ -32,6 +32,7 @@ async def infer(
     except ServingError as exc:
         record_rejected("-", "-", exc.code.name)
         raise
+    served.stats.begin()  # every path below ends in record_request
     try:
         signature = signature or DEFAULT_SIGNATURE
         wanted = validate_request(served.spec, inputs, outputs, signature)

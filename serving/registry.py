@@ -25,7 +25,7 @@ from mimo.protos.repository import (
     version_dirs,
 )
 from mimo.serving.backends import Backend, BackendOptions
-from mimo.serving.errors import NotFound, ServingError, Unavailable
+from mimo.serving.errors import InvalidArgument, NotFound, PermissionDenied, ServingError, Unavailable
 from mimo.serving.loader import choose_backend, describe_contract, load_version
 from mimo.serving.scheduler import Scheduler, SchedulerOptions
 from mimo.serving.settings import ServerSettings
@@ -154,19 +154,43 @@ class Registry:
                 await self._sync_model(name, path)
 
     async def load_model(self, name: str) -> None:
-        path = self.root / name
-        if not path.is_dir():
-            raise NotFound(f"no model '{name}' in the repository")
-        entry = await self._sync_model(name, path, force=True)
+        """Load the repository folder `name` (RepositoryModelLoad); its READY versions are kept."""
+        path = self._model_folder(name)
+        # One repository change at a time (loads, unloads and polls): concurrent loads cannot stack
+        # up copies, and a second load of a model finds the first one's versions and keeps them.
+        async with self._refresh_lock:
+            entry = await self._sync_model(name, path, force=True)
         if not any(mv.state == READY for mv in entry.versions.values()):
             raise Unavailable(f"model '{name}' could not be loaded" + _reasons(entry))
 
     async def unload_model(self, name: str) -> None:
-        entry = self.models.get(name)
-        if entry is None:
-            raise NotFound(f"unknown model '{name}'")
-        for mv in list(entry.versions.values()):
-            await self._retire(entry, mv)
+        async with self._refresh_lock:
+            entry = self.models.get(name)
+            if entry is None:
+                raise NotFound(f"unknown model '{name}'")
+            for mv in list(entry.versions.values()):
+                await self._retire(entry, mv)
+
+    def _model_folder(self, name: str) -> Path:
+        """The repository's folder for model `name`: one of its folders by plain name, inside it.
+
+        Registry entries are keyed by that name, so a model has one name and one loaded copy: a
+        path, '..' or another spelling of a folder is refused, never loaded beside it.
+        """
+        try:
+            folders = model_dirs(self.root)
+        except RepositoryError as exc:
+            raise Unavailable(str(exc)) from None
+        path = folders.get(name)
+        if path is None:
+            if not name or name != Path(name).name or name in (".", "..") or "\\" in name or "\0" in name:
+                raise InvalidArgument(f"model name {name!r} is not a folder name: load a model by the name of "
+                                      f"its folder in the repository (e.g. 'mlp'), not by a path")
+            raise NotFound(f"no model '{name}' in the repository")
+        root = self.root.resolve()
+        if not path.resolve().is_relative_to(root):
+            raise PermissionDenied(f"model folder '{name}' links outside the repository ({root}): not loaded")
+        return path
 
     async def _sync_model(self, name: str, path: Path, force: bool = False) -> ModelEntry:
         entry = self.models.setdefault(name, ModelEntry(name, path))

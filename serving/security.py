@@ -1,7 +1,9 @@
-"""TLS / mutual TLS credentials and the bearer-token check.
+"""TLS / mutual TLS credentials, the bearer-token check and who may load and unload models.
 
 The token guards every inference and metadata call. Health checks, liveness/readiness and server
-reflection stay open so load balancers and Kubernetes probes need no secret.
+reflection stay open so load balancers and Kubernetes probes need no secret. Model control
+(RepositoryModelLoad/Unload) is off unless the server runs with --model-control-mode explicit, and
+then takes the admin token instead of the token when one is set (a call carries one bearer token).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import hmac
 
 import grpc
 
+from mimo.serving.errors import PermissionDenied, Unauthenticated, status_for
 from mimo.serving.settings import ServerSettings
 
 OPEN_METHODS = (
@@ -17,6 +20,10 @@ OPEN_METHODS = (
     "/grpc.reflection.",
     "/inference.GRPCInferenceService/ServerLive",
     "/inference.GRPCInferenceService/ServerReady",
+)
+MODEL_CONTROL_METHODS = (
+    "/inference.GRPCInferenceService/RepositoryModelLoad",
+    "/inference.GRPCInferenceService/RepositoryModelUnload",
 )
 
 
@@ -38,36 +45,66 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
     return grpc.ssl_server_credentials([(key, cert)])
 
 
+def bearer_matches(metadata, token: str) -> bool:
+    """Whether the call's `authorization` metadata is `Bearer <token>` (constant-time compare)."""
+    expected = f"Bearer {token}".encode()
+    for key, value in metadata or ():
+        if key == "authorization":
+            given = value.encode() if isinstance(value, str) else value
+            return hmac.compare_digest(given, expected)
+    return False
+
+
 class TokenInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, token: str, exempt: tuple[str, ...] = ()):
+        self._token = token
+        self._open = OPEN_METHODS + exempt  # exempt: methods another check guards (ModelControl)
 
     async def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
-        if method.startswith(OPEN_METHODS) or self._authorized(handler_call_details.invocation_metadata):
+        if method.startswith(self._open) or bearer_matches(handler_call_details.invocation_metadata, self._token):
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
         return _refusing_handler(handler)
 
-    def _authorized(self, metadata) -> bool:
-        for key, value in metadata or ():
-            if key == "authorization":
-                given = value.encode() if isinstance(value, str) else value
-                return hmac.compare_digest(given, self._expected)
-        return False
+
+def interceptors(settings: ServerSettings) -> list[grpc.aio.ServerInterceptor]:
+    if not settings.token:
+        return []
+    # With an admin token, load/unload carry that one instead: ModelControl checks it.
+    exempt = MODEL_CONTROL_METHODS if settings.admin_token else ()
+    return [TokenInterceptor(settings.token, exempt)]
+
+
+class ModelControl:
+    """Whether a RepositoryModelLoad/Unload call may change what the server serves."""
+
+    def __init__(self, settings: ServerSettings):
+        self.explicit = settings.model_control_mode == "explicit"
+        self._admin_token = settings.admin_token
+
+    def check(self, metadata) -> None:
+        """Raise PermissionDenied (model control off) or Unauthenticated (no or wrong admin token)."""
+        if not self.explicit:
+            raise PermissionDenied("model loading and unloading is off (--model-control-mode none, the default); "
+                                   "start the server with --model-control-mode explicit to allow it")
+        if self._admin_token and not bearer_matches(metadata, self._admin_token):
+            raise Unauthenticated("loading and unloading models needs the admin token "
+                                  "(send 'authorization: Bearer <admin token>' metadata)")
 
 
 def _refusing_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """A handler of the same kind that answers UNAUTHENTICATED without running the method."""
-    message = "missing or wrong bearer token (send 'authorization: Bearer <token>' metadata)"
+    code, message = status_for(Unauthenticated(
+        "missing or wrong bearer token (send 'authorization: Bearer <token>' metadata)"))
 
     async def refuse(request_or_iterator, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
 
     async def refuse_stream(request_or_iterator, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator
 
     args = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)

@@ -19,7 +19,8 @@ from mimo.protos import POOL, grpc_service_pb2, grpc_service_pb2_grpc
 from mimo.protos.repository import RepositoryError
 from mimo.serving import native_server
 from mimo.serving.registry import READY, Registry
-from mimo.serving.security import TokenInterceptor, server_credentials, tls_material
+from mimo.serving import metrics
+from mimo.serving.security import ModelControl, interceptors, server_credentials, tls_material
 from mimo.serving.servicers.kserve import InferenceServicer
 from mimo.serving.settings import ServerSettings
 
@@ -67,7 +68,7 @@ class MimoServer:
         self._loaded = True
         server = self._make_server()
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.registry, self.ready), server
+            InferenceServicer(self.registry, self.ready, ModelControl(self.settings)), server
         )
         self._add_tf_serving(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -84,6 +85,7 @@ class MimoServer:
         self.port = self._listen(server)
         await server.start()
         self._server = server
+        metrics.watch(self.registry)
         await self.update_health()
         if self.settings.poll_seconds > 0:
             self._poller = asyncio.ensure_future(self._poll_repository())
@@ -106,14 +108,14 @@ class MimoServer:
 
     def _make_server(self):
         """The native transport when it is built and wanted, else grpc.aio: same services on both."""
-        interceptors = [TokenInterceptor(self.settings.token)] if self.settings.token else []
+        chain = interceptors(self.settings)
         limit = self.settings.max_message_bytes
         if self.settings.native_frontend:
             log.info("gRPC frontend: native (mimo's C++ transport, grpc++ %s)", native_server.native.GRPC_VERSION)
-            return native_server.NativeServer(interceptors=interceptors, max_message_bytes=limit)
+            return native_server.NativeServer(interceptors=chain, max_message_bytes=limit)
         log.info("gRPC frontend: python (grpc.aio %s)", grpc.__version__)
         return grpc.aio.server(
-            interceptors=interceptors,
+            interceptors=chain,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),

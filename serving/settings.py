@@ -24,6 +24,7 @@ EXECUTION = ("auto", "inline", "thread")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 DEVICES = ("auto", "cpu", "gpu")
 FRONTENDS = ("auto", "native", "python")
+MODEL_CONTROL_MODES = ("none", "explicit")
 
 
 @dataclass
@@ -51,6 +52,10 @@ class ServerSettings:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     token: str | None = field(default=None, repr=False)
+    # RepositoryModelLoad/Unload: refused under "none" (Triton's default too); "explicit" allows them,
+    # to holders of admin_token when one is set.
+    model_control_mode: str = "none"
+    admin_token: str | None = field(default=None, repr=False)
     log_level: str = "INFO"
 
     @property
@@ -97,6 +102,21 @@ def _env_bool(name: str, default: bool) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _secret(parser: argparse.ArgumentParser, flag: str, value: str | None, path: str | None) -> str | None:
+    """A token given as `flag` (or its MIMO_ variable) or read from the file `flag`-file, not both."""
+    if value and path:
+        parser.error(f"give {flag} or {flag}-file, not both (check the MIMO_ environment variables too)")
+    if not path:
+        return value or None
+    try:
+        secret = Path(path).read_text().strip()
+    except OSError as exc:
+        parser.error(f"{flag}-file: cannot read {path}: {exc.strerror}")
+    if not secret:
+        parser.error(f"{flag}-file: {path} is empty")
+    return secret
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mimo serve",
@@ -129,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "when it is built (scripts/build_native.sh), else python")
     p.add_argument("--workers", type=int, default=int(_env("WORKERS", 1)),
                    help="server processes sharing the port (SO_REUSEPORT); each loads every model "
-                   "(default 1)")
+                   "(default 1). --metrics-port then serves every worker's metrics, labelled worker=\"i\", "
+                   "gathered from the workers' own endpoints on the next N ports")
     p.add_argument("--no-batching", dest="batching", action="store_false", default=_env_bool("BATCHING", True),
                    help="run every request on its own (MIMO_BATCHING=0)")
     p.add_argument("--max-queue-delay-ms", type=float, default=float(_env("MAX_QUEUE_DELAY_MS", 0.0)))
@@ -145,7 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA", None),
                    help="require client certificates signed by this CA (mutual TLS)")
     p.add_argument("--token", default=_env("TOKEN", None),
-                   help="bearer token required on inference and metadata calls (MIMO_TOKEN)")
+                   help="bearer token required on inference and metadata calls (MIMO_TOKEN). A flag's "
+                   "value is visible to every local user (ps, /proc/PID/cmdline): prefer --token-file "
+                   "or the MIMO_TOKEN environment variable")
+    p.add_argument("--token-file", default=_env("TOKEN_FILE", None),
+                   help="read the bearer token from this file (MIMO_TOKEN_FILE; surrounding whitespace ignored)")
+    p.add_argument("--model-control-mode", choices=MODEL_CONTROL_MODES, default=_env("MODEL_CONTROL_MODE", "none"),
+                   help="'none' (default): the repository RPCs RepositoryModelLoad/Unload are refused "
+                   "(PERMISSION_DENIED); 'explicit': they load and unload the repository's models, by folder "
+                   "name, for holders of --admin-token when one is set. RepositoryIndex and health stay open")
+    p.add_argument("--admin-token", default=_env("ADMIN_TOKEN", None),
+                   help="bearer token RepositoryModelLoad/Unload require under --model-control-mode explicit "
+                   "(MIMO_ADMIN_TOKEN); visible to local users as a flag: prefer --admin-token-file")
+    p.add_argument("--admin-token-file", default=_env("ADMIN_TOKEN_FILE", None),
+                   help="read the admin token from this file (MIMO_ADMIN_TOKEN_FILE)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return p
 
@@ -176,6 +210,13 @@ def parse_settings(argv: list[str]) -> ServerSettings:
         parser.error("--workers needs a fixed --port (the workers share it)")
     if args.max_message_mb < 1:
         parser.error("--max-message-mb must be at least 1")
+    token = _secret(parser, "--token", args.token, args.token_file)
+    admin_token = _secret(parser, "--admin-token", args.admin_token, args.admin_token_file)
+    if admin_token and args.model_control_mode != "explicit":
+        parser.error("--admin-token guards RepositoryModelLoad/Unload: it needs --model-control-mode explicit")
+    if args.model_control_mode == "explicit" and args.poll_seconds > 0:
+        # The poller would load again what an operator unloaded: one of the two decides what is served.
+        parser.error("--model-control-mode explicit and --poll-seconds exclude each other: choose one")
     optional_path = lambda value: Path(value) if value else None
     return ServerSettings(
         model_repository=Path(args.model_repository),
@@ -200,6 +241,8 @@ def parse_settings(argv: list[str]) -> ServerSettings:
         tls_cert=optional_path(args.tls_cert),
         tls_key=optional_path(args.tls_key),
         tls_client_ca=optional_path(args.tls_client_ca),
-        token=args.token,
+        token=token,
+        model_control_mode=args.model_control_mode,
+        admin_token=admin_token,
         log_level=args.log_level,
     )

@@ -7,7 +7,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, disable_created_metrics
+
+# A `*_created` series per labelled counter and histogram doubles what is scraped and says nothing
+# a dashboard uses (Prometheus tracks resets itself).
+disable_created_metrics()
 
 REQUESTS = Counter("mimo_requests_total", "Inference requests", ["model", "version", "status"])
 LATENCY = Histogram(
@@ -53,6 +57,7 @@ class ModelStats:
     inference_count: int = 0
     execution_count: int = 0
     last_inference_ms: int = 0
+    in_flight: int = 0  # requests between begin() and record_request() (the event loop changes it)
     batches: dict[int, Duration] = field(default_factory=lambda: defaultdict(Duration))
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -88,7 +93,12 @@ class ModelStats:
             self.queue.add(queue_ns)
         self._queue.observe(queue_ns / 1e9)
 
+    def begin(self) -> None:
+        """A request reached this version; its record_request() ends it."""
+        self.in_flight += 1
+
     def record_request(self, ok: bool, total_ns: int, status: str = "OK") -> None:
+        self.in_flight -= 1
         with self.lock:
             (self.success if ok else self.fail).add(total_ns)
             if ok:

@@ -20,15 +20,17 @@ from mimo.protos.dtypes import datatype_to_triton
 from mimo.serving.errors import InvalidArgument, ServingError, status_for
 from mimo.serving.inference import infer
 from mimo.serving.registry import Registry
+from mimo.serving.security import ModelControl
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "model_configuration", "schedule_policy"]
 STREAM_WINDOW = 128  # requests in flight per stream; responses still leave in request order
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, registry: Registry, readiness):
+    def __init__(self, registry: Registry, readiness, control: ModelControl):
         self.registry = registry
         self.readiness = readiness  # () -> bool, owned by the server (loading, draining)
+        self.control = control  # who may load and unload models
 
     # -- health-like --------------------------------------------------------------------------
 
@@ -156,6 +158,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request, context):
         try:
+            self.control.check(context.invocation_metadata())
+            if request.parameters:
+                # Triton's "config" and "file:<path>" overrides would load what the repository does not hold.
+                raise InvalidArgument(f"RepositoryModelLoad parameters ({', '.join(sorted(request.parameters))}) "
+                                      "are not supported: mimo loads a model's folder as the repository holds it")
             await self.registry.load_model(request.model_name)
         except ServingError as exc:
             await _abort(context, exc)
@@ -163,6 +170,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelUnload(self, request, context):
         try:
+            self.control.check(context.invocation_metadata())
             await self.registry.unload_model(request.model_name)
         except ServingError as exc:
             await _abort(context, exc)

@@ -378,7 +378,7 @@ def test_stream_error_carries_its_status_code(stub):
 
 def test_repository_unload_and_load(exported_repo, tmp_path):
     repo = _repository_with(tmp_path, exported_repo, ["mlp", "qa"])
-    with start_server(repo) as srv:
+    with start_server(repo, model_control_mode="explicit") as srv:
         stub = stub_for(srv.address)
         stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="mlp"), timeout=30)
         assert not stub.ModelReady(pb.ModelReadyRequest(name="mlp")).ready
