@@ -217,6 +217,9 @@ def parse_settings(argv: list[str]) -> ServerSettings:
     if args.model_control_mode == "explicit" and args.poll_seconds > 0:
         # The poller would load again what an operator unloaded: one of the two decides what is served.
         parser.error("--model-control-mode explicit and --poll-seconds exclude each other: choose one")
+    if args.model_control_mode == "explicit" and args.workers > 1:
+        # A load or unload reaches the one worker its connection landed on; the others would differ.
+        parser.error("--model-control-mode explicit needs --workers 1 (a load or unload reaches one worker only)")
     optional_path = lambda value: Path(value) if value else None
     return ServerSettings(
         model_repository=Path(args.model_repository),

@@ -41,6 +41,7 @@ def test_model_control_is_off_unless_asked_for(env):
     (["--token", "a", "--token-file", "f"], "give --token or --token-file, not both"),
     (["--admin-token", "a"], "--admin-token guards RepositoryModelLoad/Unload: it needs --model-control-mode explicit"),
     (["--model-control-mode", "explicit", "--poll-seconds", "5"], "exclude each other"),
+    (["--model-control-mode", "explicit", "--workers", "2", "--port", "9000"], "needs --workers 1"),
     (["--token-file", "/nonexistent/token"], "--token-file: cannot read /nonexistent/token"),
 ])
 def test_refused_combinations_say_why(env, capsys, argv, message):
