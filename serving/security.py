@@ -45,9 +45,13 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
     return grpc.ssl_server_credentials([(key, cert)])
 
 
-def bearer_matches(metadata, token: str) -> bool:
-    """Whether the call's `authorization` metadata is `Bearer <token>` (constant-time compare)."""
-    expected = f"Bearer {token}".encode()
+def bearer(token: str) -> bytes:
+    """The `authorization` metadata value that carries `token`."""
+    return f"Bearer {token}".encode()
+
+
+def bearer_matches(metadata, expected: bytes) -> bool:
+    """Whether the call's `authorization` metadata is `expected` (constant-time compare)."""
     for key, value in metadata or ():
         if key == "authorization":
             given = value.encode() if isinstance(value, str) else value
@@ -57,12 +61,12 @@ def bearer_matches(metadata, token: str) -> bool:
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str, exempt: tuple[str, ...] = ()):
-        self._token = token
+        self._expected = bearer(token)  # built once: this runs on every call
         self._open = OPEN_METHODS + exempt  # exempt: methods another check guards (ModelControl)
 
     async def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
-        if method.startswith(self._open) or bearer_matches(handler_call_details.invocation_metadata, self._token):
+        if method.startswith(self._open) or bearer_matches(handler_call_details.invocation_metadata, self._expected):
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         if handler is None:
@@ -83,14 +87,14 @@ class ModelControl:
 
     def __init__(self, settings: ServerSettings):
         self.explicit = settings.model_control_mode == "explicit"
-        self._admin_token = settings.admin_token
+        self._expected = bearer(settings.admin_token) if settings.admin_token else None
 
     def check(self, metadata) -> None:
         """Raise PermissionDenied (model control off) or Unauthenticated (no or wrong admin token)."""
         if not self.explicit:
             raise PermissionDenied("model loading and unloading is off (--model-control-mode none, the default); "
                                    "start the server with --model-control-mode explicit to allow it")
-        if self._admin_token and not bearer_matches(metadata, self._admin_token):
+        if self._expected and not bearer_matches(metadata, self._expected):
             raise Unauthenticated("loading and unloading models needs the admin token "
                                   "(send 'authorization: Bearer <admin token>' metadata)")
 
