@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(subst ,,$(EXTRAS))
 PA_VENV ?= .venv-pa
 PA_STAMP := $(PA_VENV)/.installed
 
-.PHONY: install serve export test test-fast bench protos clean perf-analyzer test-container native
+.PHONY: install serve export test test-fast bench soak protos clean perf-analyzer test-container native
 
 install: $(STAMP)
 
@@ -58,6 +58,13 @@ bench: perf-analyzer
 	$(MAKE) install EXTRAS=server,dev,bench
 	$(MAKE) native
 	$(BIN)/python bench/run.py $(if $(filter 1 yes true,$(PEERS)),--peers) $(BENCH_ARGS)
+
+# `make soak` (not part of `make test`): c=64 over mlp, qa and posts for SOAK_MINUTES against
+# `mimo serve`, reporting requests, errors by code and the server's RSS growth.
+SOAK_MINUTES ?= 10
+soak: install
+	@$(MAKE) --no-print-directory native || echo "mimo: native transport not built; soaking grpc.aio"
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) $(if $(wildcard $(MODELS)/posts),--repository $(MODELS))
 
 protos: install
 	$(BIN)/python scripts/gen_protos.py
