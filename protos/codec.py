@@ -31,6 +31,9 @@ from mimo.protos.errors import CodecError
 _LEN = struct.Struct("<I")  # v2 BYTES element length prefix
 _BYTES = DTYPES["BYTES"]
 _FP16 = DTYPES["FP16"]
+# numpy (and every backend) counts elements and bytes in int64; a shape past that is refused here
+# rather than failing inside numpy. (Zero dims do not save it: numpy checks the non-zero product.)
+_MAX_ELEMENTS = (2**63 - 1) // 8
 
 # ---------------------------------------------------------------- shared pieces
 
@@ -39,6 +42,8 @@ def _shape(dims: Iterable[int], name: str, kind: str) -> tuple[int, ...]:
     shape = tuple(dims)
     if shape and min(shape) < 0:
         raise CodecError(f"negative dimension in shape {list(shape)}", name, kind)
+    if math.prod(d for d in shape if d) > _MAX_ELEMENTS:
+        raise CodecError(f"shape {list(shape)} overflows: more than 2**60 elements", name, kind)
     return shape
 
 
@@ -84,11 +89,20 @@ def _frombuffer(entry: DType, data: bytes, shape, name: str, kind: str) -> np.nd
     return np.frombuffer(data, dtype=entry.numpy).reshape(shape)
 
 
-def _from_values(entry: DType, values, shape, name: str, kind: str, broadcast=False) -> np.ndarray:
-    """Typed protobuf values -> array; counts must match (TF also allows one value, broadcast)."""
+def _from_values(entry: DType, values, shape, name: str, kind: str, broadcast=False,
+                 max_bytes: int | None = None) -> np.ndarray:
+    """Typed protobuf values -> array; counts must match (TF also allows one value, broadcast).
+
+    A broadcast may expand to at most `max_bytes` (the server's message limit: no more than the
+    client could have sent raw), checked before anything is allocated.
+    """
     count, n = math.prod(shape), len(values)
     if n != count and not (broadcast and n == 1):
         raise CodecError(f"{n} values for shape {list(shape)} ({count} elements)", name, kind)
+    expanded = count * (entry.itemsize or 8)  # BYTES: one object pointer per element
+    if n != count and max_bytes is not None and expanded > max_bytes:
+        raise CodecError(f"1 value broadcast to shape {list(shape)} is {count} elements ({expanded} bytes), "
+                         f"over the message limit of {max_bytes} bytes", name, kind)
     if entry is _BYTES:
         arr = _object_array(list(values), (n,))
     else:
@@ -303,8 +317,11 @@ def _decode_tf_strings(data: bytes, count: int, name: str, kind: str) -> list[by
     return items
 
 
-def decode_tensor_proto(proto, name: str = "tensor", kind: str = "tensor") -> np.ndarray:
-    """A tensorflow.TensorProto -> array (tensor_content raw, or the typed *_val field)."""
+def decode_tensor_proto(proto, name: str = "tensor", kind: str = "tensor", max_bytes: int | None = None) -> np.ndarray:
+    """A tensorflow.TensorProto -> array (tensor_content raw, or the typed *_val field).
+
+    One typed value for a larger shape is broadcast (as TensorFlow does), to at most `max_bytes`.
+    """
     entry = BY_TF.get(proto.dtype)
     if entry is None:
         dtype = _tf.DataType.Name(proto.dtype) if proto.dtype in _tf.DataType.values() else proto.dtype
@@ -320,7 +337,7 @@ def decode_tensor_proto(proto, name: str = "tensor", kind: str = "tensor") -> np
         if entry is _BYTES:
             return _object_array(_decode_tf_strings(content, math.prod(shape), name, kind), shape)
         return _frombuffer(entry, content, shape, name, kind)
-    return _from_values(entry, values, shape, name, kind, broadcast=True)
+    return _from_values(entry, values, shape, name, kind, broadcast=True, max_bytes=max_bytes)
 
 
 def encode_tensor_proto(value: Any, proto=None, raw: bool = True, name: str = "tensor", kind: str = "tensor"):
@@ -343,8 +360,8 @@ def encode_tensor_proto(value: Any, proto=None, raw: bool = True, name: str = "t
     return proto
 
 
-def _decode_tf_map(tensors, kind: str) -> dict[str, np.ndarray]:
-    return {key: decode_tensor_proto(proto, key, kind) for key, proto in tensors.items()}
+def _decode_tf_map(tensors, kind: str, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    return {key: decode_tensor_proto(proto, key, kind, max_bytes) for key, proto in tensors.items()}
 
 
 def _encode_tf_map(target, arrays: Mapping[str, Any], raw: bool, kind: str) -> None:
@@ -360,9 +377,9 @@ def _set_model_spec(spec, model_name: str, version, signature_name: str | None) 
         spec.signature_name = signature_name
 
 
-def decode_predict_request(request) -> dict[str, np.ndarray]:
-    """Server: PredictRequest inputs -> {name: array}."""
-    return _decode_tf_map(request.inputs, "input")
+def decode_predict_request(request, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Server: PredictRequest inputs -> {name: array}; a broadcast value expands to <= max_bytes."""
+    return _decode_tf_map(request.inputs, "input", max_bytes)
 
 
 def encode_predict_response(

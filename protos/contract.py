@@ -148,9 +148,10 @@ class Contract:
             problems.append(f"input '{name}': sequence length {got[1]} is shorter than the model's minimum {min_length}")
         if id_range is not None and arr.size and not _ids_in_range(arr, id_range, unsigned):
             low, high = id_range
-            smallest, largest = int(arr.min()), int(arr.max())
+            values = _own_values(arr)  # an index into these is one into arr too
+            smallest, largest = int(values.min()), int(values.max())
             bad = smallest if smallest < low else largest
-            index = [int(i) for i in np.argwhere(arr == bad)[0]]
+            index = [int(i) for i in np.argwhere(values == bad)[0]]
             problems.append(f"input '{name}': token id {bad} at {index} is outside the vocabulary [{low}, {high})")
 
 
@@ -167,9 +168,19 @@ def _ids_in_range(arr: np.ndarray, id_range: tuple[int, int], unsigned: np.dtype
     huge, so `max < high` covers both ends. Otherwise min and max. (The ufuncs directly:
     arr.min() adds a Python layer that costs more than the reduction for small tensors.)"""
     low, high = id_range
+    arr = _own_values(arr)
     if unsigned is not None and arr.dtype.kind == "i":
         return int(np.maximum.reduce(arr.view(unsigned), axis=None)) < high
     return low <= int(np.minimum.reduce(arr, axis=None)) and int(np.maximum.reduce(arr, axis=None)) < high
+
+
+def _own_values(arr: np.ndarray) -> np.ndarray:
+    """The values an array stores: a broadcast one (TF Serving's single value for a whole shape)
+    with its stride-0 axes collapsed, so checking it costs what was sent, not what the shape says."""
+    strides = arr.strides
+    if 0 not in strides:
+        return arr
+    return arr[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in strides)]
 
 
 def _v2_name(dtype: np.dtype) -> str:

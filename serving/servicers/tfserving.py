@@ -40,7 +40,8 @@ class PredictionServicer(tfs_grpc.PredictionServiceServicer):
 
     async def Predict(self, request, context):
         try:
-            inputs = codec.decode_predict_request(request)
+            # One typed value broadcasts to the whole shape: no larger than a raw request could be.
+            inputs = codec.decode_predict_request(request, self.registry.settings.max_message_bytes)
             spec = request.model_spec
             served, outputs = await infer(
                 self.registry, spec.name, _version(spec), inputs, list(request.output_filter),

@@ -295,3 +295,24 @@ def test_tensor_proto_unknown_rank():
     proto.tensor_shape.unknown_rank = True
     with pytest.raises(CodecError, match="'w'.*unknown rank"):
         decode_tensor_proto(proto, "w")
+
+
+def test_tf_broadcast_is_capped_by_max_bytes_before_allocating():
+    # 36 bytes on the wire that once expanded to 2**35 int32s (and 14.5 s of checks on the loop).
+    proto = _proto(tfpb.DT_INT32, dims=(1, 2**35), int_val=[7])
+    with pytest.raises(CodecError, match=r"'text'.*34359738368 elements \(137438953472 bytes\).*limit of 1048576"):
+        decode_tensor_proto(proto, "text", "input", max_bytes=1 << 20)
+    small = decode_tensor_proto(_proto(tfpb.DT_INT32, dims=(2, 4), int_val=[7]), max_bytes=32)
+    assert small.shape == (2, 4) and (small == 7).all()
+
+
+@pytest.mark.parametrize("dims", [(2**62, 2**62, 0), (2**40, 2**40)])
+def test_shape_whose_element_count_overflows_is_a_codec_error(dims):
+    proto = _proto(dims=dims)
+    with pytest.raises(CodecError, match="overflows"):
+        decode_tensor_proto(proto, "w")
+    request = v2.ModelInferRequest()
+    request.inputs.add(name="x", datatype="FP32", shape=list(dims))
+    request.raw_input_contents.append(b"")
+    with pytest.raises(CodecError, match="input 'x'.*overflows"):
+        decode_infer_request(request)
