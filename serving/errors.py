@@ -6,7 +6,9 @@ status codes themselves. Messages are short and truncated, and no traceback reac
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 import grpc
 
@@ -60,16 +62,45 @@ class BackendFailure(ServingError):
     code = grpc.StatusCode.INTERNAL
 
 
+NO_REQUEST_MESSAGE = "the call carried no request message"
+
+
+def parse_request(parse, payload: bytes):
+    """A request message from its bytes (both gRPC transports): bad bytes are the client's error."""
+    try:
+        return parse(payload)
+    except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the bytes are at fault
+        raise InvalidArgument(f"could not parse the request message: {exc}") from None
+
+
 def truncate(message: str, limit: int = MAX_MESSAGE) -> str:
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
+def status_code(exc: BaseException, deadline: float | None = None) -> grpc.StatusCode:
+    """The status a request that raised `exc` ends with, as answered and as counted.
+
+    A cancelled handler is the client going away or its deadline (`deadline`, time.monotonic()
+    seconds) passing: neither is the server's failure.
+    """
+    if isinstance(exc, ServingError):
+        return exc.code
+    if isinstance(exc, CodecError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, asyncio.CancelledError):
+        if deadline is not None and time.monotonic() >= deadline:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """(status code, client-safe message) for any exception raised while serving a request."""
+    code = status_code(exc)
     if isinstance(exc, ServingError):
-        return exc.code, truncate(exc.message)
-    if isinstance(exc, CodecError):
-        return grpc.StatusCode.INVALID_ARGUMENT, truncate(str(exc))
+        return code, truncate(exc.message)
+    if code is not grpc.StatusCode.INTERNAL:  # the client's doing (bad bytes, cancelled)
+        return code, truncate(str(exc))
     # Anything else is a bug or a backend failure: log it here, send no internals.
     log.exception("internal error while serving a request")
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})"

@@ -21,13 +21,16 @@ Where the backend runs (`execution`):
   thread  in `instances` worker threads (ONNX Runtime and TensorFlow release the GIL): the loop
           keeps taking requests while a batch computes, so the next batch has grown meanwhile
           (even on one core), and with more cores decode/encode overlap the compute.
-  auto    a request that finds the model idle runs inline at once (the lowest latency) if the
-          model computes in under 1 ms; queued work runs inline while the model's recent
-          executions took less than `inline_max_us` (50 us: cheaper than a hand-off), in threads
-          otherwise (so batches can grow meanwhile).
+  auto    a request that finds the model idle runs inline at once (the lowest latency) if it is
+          expected to compute in under 1 ms; queued work runs inline while it is expected to take
+          less than `inline_max_us` (50 us: cheaper than a hand-off), in threads otherwise (so
+          batches can grow meanwhile). The expectation is the model's recent execution time
+          scaled by the work's size (input bytes) against the recent executions' size: a request
+          far larger than recent ones goes to a thread, so it never stalls the loop (every model).
 
-Expired and cancelled requests leave the queue without running. A failing batch is retried one
-request at a time, so one bad request gets its error and the others still get their results.
+Expired and cancelled requests never run: they leave the queue, and a worker drops those that
+expired while they waited for it. A failing batch is retried one request at a time, so one bad
+request gets its error and the others still get their results.
 """
 
 from __future__ import annotations
@@ -70,9 +73,9 @@ class SchedulerOptions:
 
 
 class _Job:
-    __slots__ = ("inputs", "outputs", "signature", "future", "deadline", "batch", "key", "enqueued_ns")
+    __slots__ = ("inputs", "outputs", "signature", "future", "deadline", "batch", "key", "nbytes", "enqueued_ns")
 
-    def __init__(self, inputs, outputs, signature, future, deadline, batch, key):
+    def __init__(self, inputs, outputs, signature, future, deadline, batch, key, nbytes):
         self.inputs = inputs
         self.outputs = outputs
         self.signature = signature
@@ -80,6 +83,7 @@ class _Job:
         self.deadline = deadline  # time.monotonic() seconds, or None
         self.batch = batch
         self.key = key
+        self.nbytes = nbytes  # input bytes: the size that scales the expected execution time
         self.enqueued_ns = time.perf_counter_ns()
 
 
@@ -117,6 +121,12 @@ def assemble(jobs: Sequence[_Job], padding: Mapping[str, float]) -> dict[str, np
     return batched
 
 
+def _may_start(job: _Job, now: float) -> bool:
+    if job.future is not None and job.future.done():  # cancelled by the client
+        return False
+    return job.deadline is None or now <= job.deadline
+
+
 class Scheduler:
     def __init__(self, backend: Backend, stats: ModelStats, options: SchedulerOptions, name: str):
         if options.execution not in EXECUTION_MODES:
@@ -135,6 +145,7 @@ class Scheduler:
         self._inline = options.execution == "inline"
         self._inline_ns = options.inline_max_us * 1000
         self._ewma_ns = 0.0  # recent execution time (auto mode)
+        self._ewma_bytes = 0.0  # ... and the input bytes those executions took
         self._hold_allowed = options.batching and options.max_queue_delay_s > 0
         self._last_done_ns = 0
         self._last_arrival_ns = 0
@@ -165,17 +176,18 @@ class Scheduler:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         batch = next(iter(inputs.values())).shape[0]
+        nbytes = sum(array.nbytes for array in inputs.values())
         now = time.perf_counter_ns()
         gap, self._last_arrival_ns = now - self._last_arrival_ns, now
         idle = (not self.size and self.running < self._slots and not self._hold_allowed
                 and now - self._last_done_ns > IDLE_NS and gap > max(IDLE_NS, 2 * self._ewma_ns))
-        if idle and (self._inline or (self._auto and 0 < self._ewma_ns < IDLE_INLINE_MAX_NS)):
+        if idle and (self._inline or (self._auto and self._expected_ns(nbytes) < IDLE_INLINE_MAX_NS)):
             # Idle (nothing queued or running, nothing finished in the last IDLE_NS): run now, on
             # this task, without queueing or a thread hand-off. Under load, arrivals come closer
             # together than IDLE_NS and take the queue, where they batch.
-            return self._run_now(inputs, outputs, signature, deadline, batch)
+            return self._run_now(_Job(inputs, outputs, signature, None, deadline, batch, None, nbytes))
         key = batch_key(inputs, signature, self.padding) if self.options.batching else None
-        job = _Job(inputs, outputs, signature, loop.create_future(), deadline, batch, key)
+        job = _Job(inputs, outputs, signature, loop.create_future(), deadline, batch, key, nbytes)
         if idle:  # straight to a worker thread
             self._idle.clear()
             self._launch([job])
@@ -192,13 +204,11 @@ class Scheduler:
             loop.call_soon(self._dispatch)
         return await job.future
 
-    def _run_now(self, inputs, outputs, signature, deadline, batch) -> dict[str, np.ndarray]:
-        if deadline is not None and time.monotonic() > deadline:
-            raise DeadlineExceeded("deadline passed before the request could run")
+    def _run_now(self, job: _Job) -> dict[str, np.ndarray]:
         self.stats.record_queue(0)
         self.running += 1
         try:
-            result = self._run_one(_Job(inputs, outputs, signature, None, deadline, batch, None))
+            result = self._execute([job])[0]
         finally:
             self.running -= 1
             self._last_done_ns = time.perf_counter_ns()
@@ -285,15 +295,26 @@ class Scheduler:
         for job in jobs:
             record_queue(started - job.enqueued_ns)
         self.running += 1
-        if self._runs_inline():
+        if self._runs_inline(jobs):
             self._complete(jobs, self._execute(jobs))
             return
         if self._work is None:
             self._start_threads()
         self._work.put(jobs)
 
-    def _runs_inline(self) -> bool:
-        return self._inline or (self._auto and 0 < self._ewma_ns < self._inline_ns)
+    def _runs_inline(self, jobs: list[_Job]) -> bool:
+        return self._inline or (self._auto and self._expected_ns(sum(job.nbytes for job in jobs)) < self._inline_ns)
+
+    def _expected_ns(self, nbytes: int) -> float:
+        """How long `nbytes` of input should take: the recent executions' time, scaled by size.
+
+        Linear scaling overestimates large work (part of a small execution is fixed overhead):
+        the safe side, since an underestimate would run a long execution on the loop. Unknown
+        (no execution yet) is infinite: the first execution runs in a thread.
+        """
+        if not self._ewma_ns:
+            return float("inf")
+        return self._ewma_ns * max(1.0, nbytes / max(self._ewma_bytes, 1.0))
 
     def _complete(self, jobs: list[_Job], results: list) -> None:
         self.running -= 1
@@ -334,6 +355,18 @@ class Scheduler:
     # -- execution (inline or in a worker thread) -------------------------------------------------
 
     def _execute(self, jobs: list[_Job]) -> list:
+        """Results (or exceptions) in the order of `jobs`; expired or cancelled jobs do not run."""
+        # The last moment to drop one: a job may have waited for a worker since it was taken.
+        # (A worker reads a loop-side future's state; a stale read costs one wasted run at worst.)
+        now = time.monotonic()
+        live = [job for job in jobs if _may_start(job, now)]
+        if len(live) == len(jobs):
+            return self._compute(jobs)
+        results = dict(zip(map(id, live), self._compute(live) if live else ()))
+        expired = "deadline passed before the request could run"
+        return [results[id(job)] if id(job) in results else DeadlineExceeded(expired) for job in jobs]
+
+    def _compute(self, jobs: list[_Job]) -> list:
         if len(jobs) == 1:
             return [self._run_one(jobs[0])]
         job0 = jobs[0]
@@ -353,7 +386,7 @@ class Scheduler:
         except Exception:
             # Isolate the failure: each request on its own gets its own result or error.
             return [self._run_one(job) for job in jobs]
-        self._observe(t2 - t1)
+        self._observe(t2 - t1, sum(job.nbytes for job in jobs))
         self.stats.record_execution(start, t2 - t1, len(jobs), t1 - t0, t3 - t2)
         return split
 
@@ -366,13 +399,16 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - a backend failure answers this request only
             log.warning("backend failure in %s: %s", self.stats.model, exc)
             return BackendFailure(f"model '{self.stats.model}' failed to run this request ({type(exc).__name__})")
-        self._observe(took)
+        self._observe(took, job.nbytes)
         self.stats.record_execution(job.batch, took)
         return out
 
-    def _observe(self, took_ns: int) -> None:
-        ewma = self._ewma_ns
-        self._ewma_ns = took_ns if not ewma else 0.8 * ewma + 0.2 * took_ns
+    def _observe(self, took_ns: int, nbytes: int) -> None:
+        if not self._ewma_ns:
+            self._ewma_ns, self._ewma_bytes = float(took_ns), float(nbytes)
+            return
+        self._ewma_ns = 0.8 * self._ewma_ns + 0.2 * took_ns
+        self._ewma_bytes = 0.8 * self._ewma_bytes + 0.2 * nbytes
 
     # -- lifecycle ------------------------------------------------------------------------------
 

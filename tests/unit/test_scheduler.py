@@ -1,0 +1,91 @@
+"""The scheduler without a model: a counting backend, every execution path."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from mimo.serving.backends.base import Backend
+from mimo.serving.errors import DeadlineExceeded
+from mimo.serving.scheduler import IDLE_INLINE_MAX_NS, Scheduler, SchedulerOptions
+from mimo.serving.statistics import ModelStats
+
+
+class Counting(Backend):
+    """Echoes its input as output `y`, counting calls and the threads they ran on."""
+
+    def __init__(self, seconds_per_item: float = 0.0):
+        self.calls = 0
+        self.threads: list[str] = []
+        self.seconds_per_item = seconds_per_item
+
+    def load(self):
+        pass
+
+    def describe(self):
+        return {}
+
+    def predict(self, inputs, outputs, signature="serving_default"):
+        self.calls += 1
+        self.threads.append(threading.current_thread().name)
+        x = inputs["x"]
+        if self.seconds_per_item:
+            time.sleep(self.seconds_per_item * x.size)
+        return {"y": x}
+
+
+def _scheduler(backend: Backend, name: str, **options) -> Scheduler:
+    return Scheduler(backend, ModelStats(name, "1"), SchedulerOptions(**options), name)
+
+
+def _x(items: int = 1) -> dict:
+    return {"x": np.ones((1, items), np.float32)}
+
+
+@pytest.mark.parametrize("execution", ["auto", "inline", "thread"])
+def test_a_request_past_its_deadline_never_reaches_the_backend(execution):
+    async def main():
+        backend = Counting()
+        scheduler = _scheduler(backend, f"expired-{execution}", execution=execution)
+        await scheduler.infer(_x(), ["y"], "serving_default")  # warm: auto has a recent time now
+        await asyncio.sleep(0.01)  # idle again
+        with pytest.raises(DeadlineExceeded):  # idle: the run-at-once path
+            await scheduler.infer(_x(), ["y"], "serving_default", time.monotonic() - 1)
+        # Busy: queued behind others, in one batch with live requests.
+        results = await asyncio.gather(
+            *(scheduler.infer(_x(), ["y"], "serving_default", time.monotonic() + (-1 if i % 2 else 30))
+              for i in range(6)), return_exceptions=True)
+        scheduler.close()
+        return backend.calls, results
+
+    calls, results = asyncio.run(main())
+    expired = [r for r in results[1::2]]
+    assert all(isinstance(r, DeadlineExceeded) for r in expired), expired
+    assert all(isinstance(r, dict) for r in results[0::2]), results
+    assert calls <= 1 + 3  # the warm-up and the live ones (batched or not), never an expired one
+
+
+def test_auto_runs_a_large_request_in_a_thread_even_when_the_model_is_idle():
+    # Small requests compute fast, so an idle one runs inline; one 1000 times their size must not
+    # (a 400k-token qa request inline stalled every model for 0.46 s).
+    async def main():
+        backend = Counting()
+        scheduler = _scheduler(backend, "sizes", execution="auto")
+        for _ in range(5):
+            await scheduler.infer(_x(8), ["y"], "serving_default")
+            await asyncio.sleep(0.002)
+        assert 0 < scheduler._ewma_ns < IDLE_INLINE_MAX_NS
+        small = len(backend.threads)
+        await scheduler.infer(_x(8), ["y"], "serving_default")
+        await asyncio.sleep(0.002)
+        await scheduler.infer(_x(8_000_000), ["y"], "serving_default")
+        scheduler.close()
+        return backend.threads[small:]
+
+    small, large = asyncio.run(main())
+    assert small == threading.main_thread().name  # inline: the loop's own thread
+    assert large.startswith("mimo-sizes-")  # a worker
