@@ -336,7 +336,8 @@ void Call::OnReadDone(bool ok) {
     if (!ok) {  // the client half-closed (or went away) without sending its request
       if (!finished_) {
         finished_ = true;
-        Finish(grpc::Status(grpc::StatusCode::INTERNAL, "the call carried no request message"));
+        // The client broke the protocol, not the server: INVALID_ARGUMENT, as for bytes that do not parse.
+        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the call carried no request message"));
       }
       return;
     }

@@ -65,12 +65,12 @@ class BackendFailure(ServingError):
 NO_REQUEST_MESSAGE = "the call carried no request message"
 
 
-def parse_request(parse, payload: bytes):
+def parse_request(parse, payload: bytes, what: str = "the request message"):
     """A request message from its bytes (both gRPC transports): bad bytes are the client's error."""
     try:
         return parse(payload)
     except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the bytes are at fault
-        raise InvalidArgument(f"could not parse the request message: {exc}") from None
+        raise InvalidArgument(f"could not parse {what}: {exc}") from None
 
 
 def truncate(message: str, limit: int = MAX_MESSAGE) -> str:

@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import grpc
 
+from mimo.serving.errors import NO_REQUEST_MESSAGE, ServingError, parse_request
+
 try:
     from mimo.serving import _grpc_transport as native
 except ImportError as exc:  # not built (scripts/build_native.sh), or grpc++ missing at run time
@@ -154,10 +156,7 @@ class _RequestStream:
             await self._waiter
         payload = self._messages.popleft()
         self._transport.ack(self._call)
-        try:
-            return self._deserialize(payload) if self._deserialize else payload
-        except Exception as exc:  # noqa: BLE001
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"could not parse a request message: {exc}") from exc
+        return _parse(self._deserialize, payload, "a request message")
 
 
 class NativeServer:
@@ -292,7 +291,7 @@ class NativeServer:
         context = NativeContext(metadata, timeout, peer)
         try:
             handler = await self._handler(method, metadata)
-            request = _parse(handler, payload)
+            request = _parse(handler.request_deserializer, payload)
             response = handler.unary_unary(request, context)
             if inspect.isawaitable(response):
                 response = await response
@@ -318,7 +317,7 @@ class NativeServer:
             else:  # unary request, streamed response (e.g. health Watch): exactly one message
                 argument = await anext(requests, None)
                 if argument is None:
-                    raise _Abort(grpc.StatusCode.INTERNAL, "the call carried no request message")
+                    raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, NO_REQUEST_MESSAGE)
                 behaviour = handler.unary_stream
             serialize = handler.response_serializer or (lambda r: r)
             context._requests = requests
@@ -356,10 +355,10 @@ class NativeServer:
             raise exc  # KeyboardInterrupt, SystemExit
 
 
-def _parse(handler: grpc.RpcMethodHandler, payload: bytes):
-    if handler.request_deserializer is None:
+def _parse(deserialize, payload: bytes, what: str = "the request message"):
+    if deserialize is None:
         return payload
     try:
-        return handler.request_deserializer(payload)
-    except Exception as exc:  # noqa: BLE001
-        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"could not parse the request message: {exc}") from exc
+        return parse_request(deserialize, payload, what)
+    except ServingError as exc:
+        raise _Abort(exc.code, exc.message) from None

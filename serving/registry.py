@@ -103,7 +103,8 @@ class Registry:
         if entry is None:
             raise NotFound(f"unknown model '{name}'")
         if version:
-            if not version.isdigit() or int(version) not in entry.versions:
+            # ASCII digits only: "²".isdigit() holds (int() then raises), and int("١") is 1.
+            if not (version.isascii() and version.isdigit()) or int(version) not in entry.versions:
                 served = ", ".join(str(v) for v in entry.versions) or "none"
                 raise NotFound(f"model '{name}' has no version '{version}' (served: {served})")
             found = entry.versions[int(version)]

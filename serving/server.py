@@ -13,11 +13,12 @@ import threading
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from mimo.protos import POOL, grpc_service_pb2, grpc_service_pb2_grpc
+from mimo.protos import grpc_service_pb2, grpc_service_pb2_grpc
 from mimo.protos.repository import RepositoryError
 from mimo.serving import native_server
+from mimo.serving.aio_requests import RequestParsing
+from mimo.serving.reflection import add_reflection, register_in_pool
 from mimo.serving.registry import READY, Registry
 from mimo.serving import metrics
 from mimo.serving.security import ModelControl, interceptors, server_credentials, tls_material
@@ -27,15 +28,6 @@ from mimo.serving.settings import ServerSettings
 log = logging.getLogger("mimo.serving")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _register_in_pool(*modules) -> None:
-    """Reflection answers from one descriptor pool; ours must also know health and reflection."""
-    for module in modules:
-        try:
-            POOL.FindFileByName(module.DESCRIPTOR.name)
-        except KeyError:
-            POOL.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
 
 
 class MimoServer:
@@ -48,6 +40,7 @@ class MimoServer:
         self._loaded = False
         self._draining = False
         self._poller: asyncio.Task | None = None
+        self._services: list[str] = []  # gRPC services served (health answers for each by name)
 
     def ready(self) -> bool:
         if not self._loaded or self._draining:
@@ -72,16 +65,12 @@ class MimoServer:
         )
         self._add_tf_serving(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        _register_in_pool(health_pb2, reflection_pb2)
+        register_in_pool(health_pb2)
         services = [
             grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
         ] + self._tf_serving_names
-        # Not enable_server_reflection(): it picks the sync servicer for anything but grpc.aio.
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflection.aio.ReflectionServicer(services, pool=POOL), server
-        )
+        self._services = services + add_reflection(server, services)
         self.port = self._listen(server)
         await server.start()
         self._server = server
@@ -115,7 +104,7 @@ class MimoServer:
             return native_server.NativeServer(interceptors=chain, max_message_bytes=limit)
         log.info("gRPC frontend: python (grpc.aio %s)", grpc.__version__)
         return grpc.aio.server(
-            interceptors=chain,
+            interceptors=[*chain, RequestParsing()],  # innermost: it wraps the method's handler
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -148,7 +137,10 @@ class MimoServer:
         self._tf_serving_names = add_tf_serving(server, self.registry)
 
     async def update_health(self) -> None:
-        await self.health.set("", SERVING if self.ready() else NOT_SERVING)
+        server = SERVING if self.ready() else NOT_SERVING
+        await self.health.set("", server)
+        for service in self._services:  # a check naming a service (not a model) gets the server's state
+            await self.health.set(service, server)
         for name in self.registry.models:
             await self.health.set(name, SERVING if self.registry.is_model_ready(name) else NOT_SERVING)
 
