@@ -11,19 +11,11 @@ says so.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
-from mimo.export.pipeline import (
-    STAGING_PREFIX,
-    ExportError,
-    choose_version,
-    model_document,
-    publish,
-    remove_stale_staging,
-)
+from mimo.export.pipeline import ExportError, model_document, staged_version
 from mimo.protos.model_files import describe_version
 from mimo.protos.repository import MODEL_JSON, ONNX_FILE, RepositoryError, read_model_json, write_model_json
 
@@ -87,25 +79,11 @@ def adopt_in_place(version_dir: Path, name: str, force: bool, say: Callable[[str
 def import_onnx(source: Path, name: str, repository: Path, version: int | None, force: bool,
                 say: Callable[[str], None]) -> dict:
     """Copy a folder's model.onnx into the repository as a new version, with its model.json."""
-    model_dir = repository / name
-    number = choose_version(model_dir, version, force)
-    created = not model_dir.exists()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(model_dir)
-    staging = model_dir / f"{STAGING_PREFIX}{number}-{os.getpid()}"
-    try:
-        staging.mkdir()
-        shutil.copyfile(source / ONNX_FILE, staging / ONNX_FILE)
-        described = describe_model(staging)
-        facts = facts_for(described, staging, say)
-        document = model_document(name, _contract(described), model_dir, number, facts)
-        publish(staging, model_dir / str(number), force)
-        write_model_json(model_dir, document)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            shutil.rmtree(model_dir, ignore_errors=True)
-        raise
+    with staged_version(repository, name, version, force) as staged:
+        shutil.copyfile(source / ONNX_FILE, staged.folder / ONNX_FILE)
+        described = describe_model(staged.folder)
+        facts = facts_for(described, staged.folder, say)
+        staged.document = model_document(name, _contract(described), staged.model_dir, staged.number, facts)
     return facts
 
 
