@@ -25,6 +25,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--name", help="the model's name in the repository (with --from)")
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="import a module (or a .py file) first, e.g. the one registering custom layers; repeatable")
+    parser.add_argument("--unsafe-lambda", action="store_true",
+                        help="let Keras load Lambda layers from the file (runs the code it holds: only for files you trust)")
     parser.add_argument("--models", nargs="+", choices=NOTEBOOK_MODELS, default=None, metavar="NAME",
                         help=f"notebook models to build, fit and export (default: all of {', '.join(NOTEBOOK_MODELS)})")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("MIMO_MODEL_REPOSITORY", "models")),
@@ -47,8 +49,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parser.error("--from needs --name: the model's name in the repository")
         if args.models:
             parser.error("--from and --models do not go together")
-    elif args.name or args.imports:
-        parser.error("--name and --import go with --from")
+    elif args.name or args.imports or args.unsafe_lambda:
+        parser.error("--name, --import and --unsafe-lambda go with --from")
     if args.image_size < 71:
         parser.error("--image-size must be at least 71 (Xception's smallest input)")
     if args.version is not None and args.version < 1:
@@ -83,7 +85,7 @@ def export_own(args: argparse.Namespace) -> None:
     say(f"== exporting {args.source} as {args.name} into {args.out}")
     facts = export_folder(args, say) if args.source.is_dir() else None
     if facts is None:
-        model = load_model(args.source)
+        model = load_model(args.source, safe_mode=not args.unsafe_lambda)
         facts = export_model(model, args.name, args.out, version=args.version, force=args.force,
                              max_batch_size=args.max_batch_size, facts={"source": str(args.source)}, log=say)
         say(f"== {describe(args.name, facts)}")

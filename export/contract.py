@@ -19,6 +19,8 @@ from mimo.protos.dtypes import numpy_to_datatype
 
 # Keras' own names for layers nobody named: "input_layer", "input_layer_3", "keras_tensor_12".
 AUTO_INPUT_NAME = re.compile(r"^(input_layer|keras_tensor)(_\d+)?$")
+# What a SavedModel signature accepts as a tensor name (and every client can spell).
+TENSOR_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-]*$")
 
 
 class ContractError(ValueError):
@@ -103,6 +105,7 @@ def input_names(model: keras.Model) -> list[tuple[str, int]]:
             "(Keras made it up); clients call inputs by name, so name each one: "
             "keras.Input(shape, name='...')" + _layer_list(model)
         )
+    _refuse_bad_names(model, [n for n, _ in names], "input")
     _refuse_duplicates(model, [n for n, _ in names], "input")
     return names
 
@@ -110,6 +113,7 @@ def input_names(model: keras.Model) -> list[tuple[str, int]]:
 def output_names(model: keras.Model) -> list[tuple[str, int]]:
     """(contract name, position in model.outputs) of each head: dict keys, else the output layers' names."""
     names = _named(model, list(model.outputs), getattr(model, "_outputs_struct", None))
+    _refuse_bad_names(model, [n for n, _ in names], "output")
     _refuse_duplicates(model, [n for n, _ in names], "output")
     return names
 
@@ -147,6 +151,16 @@ def call_by_name(model: keras.Model, contract: Contract):
 def _layer_name(tensor) -> str:
     history = getattr(tensor, "_keras_history", None)
     return history.operation.name if history is not None else tensor.name
+
+
+def _refuse_bad_names(model: keras.Model, names: list[str], kind: str) -> None:
+    bad = [n for n in names if not TENSOR_NAME.match(n)]
+    if bad:
+        raise ContractError(
+            f"model {model.name!r}: {kind} name(s) {', '.join(repr(n) for n in bad)} cannot name a tensor "
+            "(letters, digits, '_', '.' and '-', not starting with '_' or '-'); rename the "
+            f"{'dict key' if isinstance(getattr(model, f'_{kind}s_struct', None), dict) else 'layer'}"
+        )
 
 
 def _refuse_duplicates(model: keras.Model, names: list[str], kind: str) -> None:

@@ -80,6 +80,11 @@ def write_onnx(model, contract: Contract, path: Path) -> None:
                       if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)})
     if unknown:
         raise ValueError(f"no ONNX equivalent for TensorFlow op(s) {', '.join(unknown)}")
+    # A tensor the function captured but tf2onnx did not freeze becomes an extra graph input
+    # (seen with an adapted Normalization layer): the file would need feeds no client has.
+    extra = [i.name for i in model_proto.graph.input if i.name not in {t.name for t in contract.inputs}]
+    if extra:
+        raise ValueError(f"the conversion left captured tensors as graph inputs ({', '.join(extra[:3])})")
     _name_dynamic_axes(model_proto)
     onnx.save(model_proto, str(path))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mimo.export.contract import Contract, call_by_name
+from mimo.protos.errors import error_line
 from mimo.protos.examples import example_inputs
 
 RTOL = ATOL = 1e-4
@@ -53,7 +54,7 @@ def check_parity(model, contract: Contract, savedmodel_dir: Path, onnx_path: Pat
         try:
             session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - a file ONNX Runtime refuses is not served
-            onnx_error = f"ONNX Runtime cannot load the conversion: {str(exc).strip().splitlines()[0][:300]}"
+            onnx_error = f"ONNX Runtime cannot load the conversion: {error_line(exc)}"
     heads = [t.name for t in contract.outputs]
     formats = ["savedmodel"] + (["onnx"] if session else [])
     worst = {f: {head: 0.0 for head in heads} for f in formats}
@@ -65,7 +66,13 @@ def check_parity(model, contract: Contract, savedmodel_dir: Path, onnx_path: Pat
         want = {k: np.asarray(v) for k, v in call({k: tf.constant(v) for k, v in feeds.items()}).items()}
         got = {"savedmodel": {k: v.numpy() for k, v in signature(**{k: tf.constant(v) for k, v in feeds.items()}).items()}}
         if session:
-            got["onnx"] = dict(zip(heads, session.run(heads, feeds)))
+            try:
+                got["onnx"] = dict(zip(heads, session.run(heads, feeds)))
+            except Exception as exc:  # noqa: BLE001 - a file that cannot run is not served
+                onnx_error = f"ONNX Runtime cannot run the conversion: {error_line(exc)}"
+                session = None
+                formats.remove("onnx")
+                worst.pop("onnx")
         case = {"batch": batch, "length": length, "max_abs_diff": {}}
         for fmt in formats:
             diffs = {head: _difference(want[head], got[fmt][head]) for head in heads}

@@ -24,6 +24,7 @@ import numpy as np
 from mimo.export.contract import Contract, ContractError, derive_contract
 from mimo.export.formats import OPSET, write_onnx, write_savedmodel
 from mimo.export.parity import ParityError, check_parity  # noqa: F401 - part of the API
+from mimo.protos.errors import error_line
 from mimo.protos.repository import MODEL_JSON, ONNX_FILE, SAVEDMODEL_DIR, version_dirs, write_model_json
 
 STAGING_PREFIX = ".staging-"
@@ -61,7 +62,13 @@ def export_model(
     except ContractError as exc:
         raise ExportError(str(exc)) from None
     with staged_version(Path(repository), name, version, force) as staged:
-        written = write_version(model, contract, staged.folder, say)
+        try:
+            written = write_version(model, contract, staged.folder, say)
+        except (ExportError, ParityError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - TensorFlow fails in many ways; report it in one line
+            raise ExportError(f"{name}: the SavedModel could not be written or run: "
+                              f"{type(exc).__name__}: {error_line(exc)}") from exc
         written.update(facts or {})
         written.update({
             "parameters": int(model.count_params()),
@@ -130,7 +137,7 @@ def write_version(model, contract: Contract, folder: Path, say: Callable[[str], 
         try:
             write_onnx(model, contract, folder / ONNX_FILE)
         except Exception as exc:  # noqa: BLE001 - any converter failure means SavedModel-only
-            onnx_skipped = f"tf2onnx could not convert the model: {type(exc).__name__}: {_first_line(exc)}"
+            onnx_skipped = f"tf2onnx could not convert the model: {type(exc).__name__}: {error_line(exc)}"
     onnx_path = None if onnx_skipped else folder / ONNX_FILE
     parity = check_parity(model, contract, folder / SAVEDMODEL_DIR, onnx_path)
     if "onnx_parity_error" in parity:
@@ -217,9 +224,6 @@ def check_name(name: str) -> None:
         )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 def choose_version(model_dir: Path, version: int | None, force: bool) -> int:

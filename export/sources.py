@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from mimo.export.pipeline import ExportError
+from mimo.protos.errors import error_line
 from mimo.protos.repository import SAVEDMODEL_DIR
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -41,8 +42,10 @@ def import_modules(names: list[str]) -> None:
             raise ExportError(f"--import {name}: {type(exc).__name__}: {exc}") from None
 
 
-def load_model(source: str | Path):
-    """A keras.Model from a Keras file or a SavedModel folder; ExportError naming what is wrong."""
+def load_model(source: str | Path, safe_mode: bool = True):
+    """A keras.Model from a Keras file or a SavedModel folder; ExportError naming what is wrong.
+
+    `safe_mode=False` lets Keras deserialize Lambda layers, which runs code stored in the file."""
     path = Path(source)
     if not path.exists():
         raise ExportError(f"--from {path}: no such file or folder")
@@ -59,12 +62,15 @@ def load_model(source: str | Path):
     if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
         raise ExportError(f"--from {path}: not a Keras model file (a .keras file is a zip archive; this one is not)")
     try:
-        return keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         hint = ""
-        if "custom" in str(exc).lower() or "unknown" in str(exc).lower() or "could not locate" in str(exc).lower():
+        text = str(exc).lower()
+        if "safe_mode" in text:
+            hint = " (a Lambda layer: pass --unsafe-lambda if you trust the file, since loading it runs its code)"
+        elif "custom" in text or "unknown" in text or "could not locate" in text:
             hint = " (a custom layer? import the module that registers it with --import MODULE)"
-        raise ExportError(f"--from {path}: Keras could not load it: {_first_line(exc)}{hint}") from None
+        raise ExportError(f"--from {path}: Keras could not load it: {error_line(exc)}{hint}") from None
 
 
 def savedmodel_folder(path: Path) -> Path | None:
@@ -82,7 +88,7 @@ def wrap_savedmodel(path: Path, signature: str = "serving_default"):
     try:
         layer = SignatureLayer(str(path), call_endpoint=signature)
     except Exception as exc:  # noqa: BLE001 - a broken or foreign SavedModel
-        raise ExportError(f"--from {path}: TensorFlow could not load signature {signature!r}: {_first_line(exc)}") from None
+        raise ExportError(f"--from {path}: TensorFlow could not load signature {signature!r}: {error_line(exc)}") from None
     function = layer.call_endpoint_fn
     _, specs = function.structured_input_signature
     inputs = {}
@@ -110,7 +116,3 @@ def _signature_layer_class():
 def SignatureLayer(*args, **kwargs):  # noqa: N802 - builds the class on first use (keras is heavy)
     return _signature_layer_class()(*args, **kwargs)
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(exc).__name__

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mimo.protos.errors import error_line
 from mimo.protos.dtypes import datatype_to_numpy
 from mimo.protos.examples import example_inputs
 from mimo.protos.model_files import complete, mismatches
@@ -115,7 +116,7 @@ def warm_up(backend: Backend, spec: ModelSpec, runs: int = WARMUP_RUNS) -> None:
             for _ in range(runs):
                 outputs = backend.predict(inputs, heads)
         except Exception as exc:  # noqa: BLE001 - any failure of the model's own work
-            failure = f"{type(exc).__name__}: {_brief(exc)}"
+            failure = f"{type(exc).__name__}: {error_line(exc)}"
             continue
         problems = _answer_problems(spec, heads, outputs)
         if problems:
@@ -124,12 +125,6 @@ def warm_up(backend: Backend, spec: ModelSpec, runs: int = WARMUP_RUNS) -> None:
     raise Unavailable(f"warm-up request built from the contract failed: {failure}")
 
 
-def _brief(exc: Exception) -> str:
-    """The line of an error that says what went wrong (TensorFlow's put it after a trace of nodes)."""
-    lines = [line.rstrip() for line in str(exc).splitlines() if line.strip()]
-    said = [line for line in lines if not line[0].isspace()
-            and not line.startswith(("Graph execution error", "Detected at node", "[[", "File "))]
-    return (said[-1] if said else lines[0] if lines else "")[:300]
 
 
 def _answer_problems(spec: ModelSpec, heads: list[str], outputs: Mapping[str, Any]) -> list[str]:

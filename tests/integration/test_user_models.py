@@ -224,6 +224,7 @@ def _bad_models(folder: Path) -> dict[str, Path]:
     keras.Model(x, [head, head]).save(folder / "same_heads.keras")
     fixed = keras.Input(batch_shape=(4, 3), name="x")
     keras.Model(fixed, keras.layers.Dense(1, name="y")(fixed)).save(folder / "fixed_batch.keras")
+    keras.Model(x, keras.layers.Lambda(lambda t: t * 2.0, name="double")(x)).save(folder / "with_lambda.keras")
     (folder / "notes.keras").write_text("not a model")
     (folder / "notes.txt").write_text("not a model")
     return {p.stem: p for p in folder.iterdir()}
@@ -237,6 +238,7 @@ def _bad_models(folder: Path) -> dict[str, Path]:
     ("slash in name", ["--from", "{user}/sequential.keras", "--name", "a/b"], "is not a folder name"),
     ("dots in name", ["--from", "{user}/sequential.keras", "--name", ".."], "is not a folder name"),
     ("two heads, one name", ["--from", "{files}/same_heads.keras", "--name", "m"], "share a name"),
+    ("a Lambda layer", ["--from", "{files}/with_lambda.keras", "--name", "m"], "pass --unsafe-lambda if you trust"),
     ("version exists", ["--from", "{user}/sequential.keras", "--name", "taken", "--version", "1"],
      "already exists; pass --force"),
 ])
@@ -256,6 +258,24 @@ def test_cli_refuses_bad_input_in_one_line(user_repo, tmp_path, capsys, case, ar
     assert len(err.splitlines()) == 1 and err.startswith("mimo export: ") and message in err, err
     after = sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) if repo.exists() else []
     assert after == before  # nothing left in the repository
+
+
+def test_lambda_layers_load_when_the_user_trusts_the_file(tmp_path):
+    x = keras.Input((3,), name="x")
+    keras.Model(x, keras.layers.Lambda(lambda t: t * 2.0, name="double")(x)).save(tmp_path / "lambda.keras")
+    assert export_cli.main(["--from", str(tmp_path / "lambda.keras"), "--name", "doubled", "--out", str(tmp_path / "repo"),
+                            "--unsafe-lambda", "--quiet"]) == 0
+    assert [t.name for t in read_model_json(tmp_path / "repo" / "doubled").outputs] == ["double"]
+
+
+def test_a_conversion_that_needs_extra_feeds_falls_back_to_savedmodel(tmp_path):
+    """An adapted Normalization: tf2onnx leaves its statistics as graph inputs no client could feed."""
+    normalize = keras.layers.Normalization()
+    normalize.adapt(np.random.default_rng(0).random((20, 3)).astype("float32"))
+    x = keras.Input((3,), name="x")
+    facts = export_model(keras.Model(x, keras.layers.Dense(1, name="y")(normalize(x))), "normalized", tmp_path, log=None)
+    assert facts["formats"] == ["savedmodel"] and "captured tensors as graph inputs" in facts["onnx_skipped"]
+    assert facts["parity"]["y"] <= 1e-6
 
 
 def test_unnamed_inputs_are_refused_with_the_layer_names(tmp_path):

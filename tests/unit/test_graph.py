@@ -112,5 +112,8 @@ def test_refusals_name_the_problem():
     fixed = keras.Input(batch_shape=(2, 3), name="x")
     with pytest.raises(ContractError, match="input 'x' has no batch axis"):
         derive_contract(keras.Model(fixed, layers.Dense(1, name="y")(fixed)))
+    spaced = keras.Input((3,), name="x")
+    with pytest.raises(ContractError, match="'my input' cannot name a tensor.*rename the dict key"):
+        derive_contract(keras.Model({"my input": spaced}, {"y": layers.Dense(1)(spaced)}))
     with pytest.raises(ContractError, match="expected a keras.Model"):
         derive_contract("not a model")
