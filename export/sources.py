@@ -9,6 +9,7 @@ folder holding `model.savedmodel/`) is wrapped as a functional model around its
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import sys
@@ -101,6 +102,7 @@ def wrap_savedmodel(path: Path, signature: str = "serving_default"):
     return keras.Model(inputs, dict(outputs), name=path.parent.name if path.name == SAVEDMODEL_DIR else path.name)
 
 
+@functools.cache
 def _signature_layer_class():
     import keras
 
@@ -113,6 +115,6 @@ def _signature_layer_class():
     return SignatureLayer
 
 
-def SignatureLayer(*args, **kwargs):  # noqa: N802 - builds the class on first use (keras is heavy)
+def SignatureLayer(*args, **kwargs):  # noqa: N802 - the class is made once, on first use (keras is heavy)
     return _signature_layer_class()(*args, **kwargs)
 
