@@ -9,11 +9,15 @@ STAMP := $(VENV)/.installed-$(subst ,,$(EXTRAS))
 PA_VENV ?= .venv-pa
 PA_STAMP := $(PA_VENV)/.installed
 
-.PHONY: install serve export test test-fast bench soak protos clean perf-analyzer test-container native
+.PHONY: install serve export test test-fast bench soak protos clean perf-analyzer test-container native native-check
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# pip builds the native transport (native/, Rust, via setuptools-rust) with the package: a change
+# to its sources reinstalls (cargo rebuilds only what changed, in native/target).
+NATIVE_SRC := native/Cargo.toml native/Cargo.lock native/build.rs $(wildcard native/src/*.rs)
+
+$(STAMP): pyproject.toml $(NATIVE_SRC)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
@@ -25,21 +29,23 @@ $(PA_STAMP):
 	bash scripts/install_perf_analyzer.sh $(PA_VENV)
 	touch $@
 
-# mimo's native gRPC transport (C++, grpc++ from apt): rebuilt when its source changes.
+# mimo's native transport (Rust): built by `make install`; checked with cargo's tests and clippy.
 native: install
-	bash scripts/build_native.sh $(BIN)/python
+	$(BIN)/python -c "from mimo.serving import native_server as n; assert n.available(), n.IMPORT_ERROR; print('native transport:', n.native.STACK)"
 
-# Export the notebook's models into ./models (only when it is empty), then serve them. Without the
-# native transport (no apt, no root) the server runs on grpc.aio.
+native-check:
+	cd native && cargo fmt --check && cargo test --locked -q && cargo clippy --locked --all-targets -- -D warnings
+
+# Export the notebook's models into ./models (only when it is empty), then serve them. Without a
+# Rust toolchain the native transport is not built and the server runs on grpc.aio (it says so).
 serve: install
-	@$(MAKE) --no-print-directory native || echo "mimo: native transport not built; serving with grpc.aio"
 	@if [ -z "$$(ls -A $(MODELS) 2>/dev/null)" ]; then $(BIN)/mimo export --out $(MODELS); fi
 	exec $(BIN)/mimo serve --model-repository $(MODELS)
 
 export: install
 	$(BIN)/mimo export --out $(MODELS)
 
-test: install perf-analyzer native
+test: install perf-analyzer native-check
 	$(BIN)/python -m pytest -q -ra
 
 # Build the server image (podman, demo models baked in), run it, call it, SIGTERM it mid-request.
@@ -56,18 +62,16 @@ PEERS ?= 0
 BENCH_ARGS ?=
 bench: perf-analyzer
 	$(MAKE) install EXTRAS=server,dev,bench
-	$(MAKE) native
 	$(BIN)/python bench/run.py $(if $(filter 1 yes true,$(PEERS)),--peers) $(BENCH_ARGS)
 
 # `make soak` (not part of `make test`): c=64 over mlp, qa and posts for SOAK_MINUTES against
 # `mimo serve`, reporting requests, errors by code and the server's RSS growth.
 SOAK_MINUTES ?= 10
 soak: install
-	@$(MAKE) --no-print-directory native || echo "mimo: native transport not built; soaking grpc.aio"
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) $(if $(wildcard $(MODELS)/posts),--repository $(MODELS))
 
 protos: install
 	$(BIN)/python scripts/gen_protos.py
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache
+	rm -rf build dist *.egg-info .pytest_cache native/target serving/_transport*.so

@@ -1,9 +1,9 @@
-"""The native frontend: grpc.aio.Server's interface over mimo's C++ gRPC transport.
+"""The native frontend: grpc.aio.Server's interface over mimo's Rust transport.
 
 grpc.aio spends about 330 us of CPU per unary call in its own machinery (bench/README.md). The
-transport (native/grpc_transport.cc, built by scripts/build_native.sh) terminates HTTP/2 and gRPC
-in C++ threads and hands this module (method, metadata, request bytes) events in batches, woken
-through one file descriptor on the event loop. Here they run through the same servicers,
+transport (native/, Rust: tokio, hyper, h2, tonic, rustls; built by `pip install` through
+setuptools-rust) terminates HTTP/2 and gRPC in its own threads and hands this module (method,
+metadata, request bytes) events in batches, woken through one file descriptor on the event loop. Here they run through the same servicers,
 interceptors, codec and error mapping as under grpc.aio: the services are registered on this
 object exactly as on a grpc.aio server, so the server assembly does not care which one it has.
 """
@@ -23,8 +23,8 @@ import grpc
 from mimo.serving.errors import NO_REQUEST_MESSAGE, ServingError, parse_request
 
 try:
-    from mimo.serving import _grpc_transport as native
-except ImportError as exc:  # not built (scripts/build_native.sh), or grpc++ missing at run time
+    from mimo.serving import _transport as native
+except ImportError as exc:  # installed without a Rust toolchain: the pure package, served on grpc.aio
     native = None
     IMPORT_ERROR = str(exc)
 else:
@@ -33,6 +33,7 @@ else:
 log = logging.getLogger("mimo.serving")
 
 STREAM_WINDOW = 128  # request messages a stream may have read ahead of its handler
+HOW_TO_BUILD = "reinstall with a Rust toolchain on PATH (pip install ., or make install)"
 
 
 def available() -> bool:
@@ -75,7 +76,7 @@ class NativeContext:
     async def write(self, message) -> None:
         if self._writer is None:
             raise RuntimeError("context.write() on a call without a response stream")
-        self._writer(message)
+        await self._writer(message)
 
     async def read(self):
         if self._requests is None:
@@ -164,7 +165,7 @@ class NativeServer:
 
     def __init__(self, *, interceptors=(), max_message_bytes: int = 4 * 1024 * 1024):
         if native is None:
-            raise RuntimeError(f"the native transport is not built ({IMPORT_ERROR}); run scripts/build_native.sh")
+            raise RuntimeError(f"the native transport is not built ({IMPORT_ERROR}); {HOW_TO_BUILD}")
         # The interceptor chain, built once: interceptor 0 first, the handler lookup last.
         self._intercepted = None
         if interceptors:
@@ -178,6 +179,7 @@ class NativeServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: dict[int, asyncio.Task] = {}
         self._streams: dict[int, _RequestStream] = {}
+        self._writable: dict[int, asyncio.Future] = {}  # streams waiting for the client to read
         self._stopped = asyncio.Event()
 
     # -- registration, as on grpc.aio.Server ----------------------------------------------------
@@ -260,6 +262,10 @@ class NativeServer:
             stream = self._streams.get(call)
             if stream is not None:
                 stream.end()
+        elif kind == native.WRITABLE:
+            waiter = self._writable.pop(call, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         elif kind == native.GONE:
             task = self._tasks.get(call)
             if task is not None:
@@ -322,22 +328,30 @@ class NativeServer:
             serialize = handler.response_serializer or (lambda r: r)
             context._requests = requests
             if handler.response_streaming:
-                context._writer = lambda response: transport.write(call, serialize(response))
+                context._writer = lambda response: self._send(call, serialize(response))
             result = behaviour(argument, context)
             if handler.response_streaming and hasattr(result, "__aiter__"):
                 async for response in result:
-                    transport.write(call, serialize(response))
+                    await self._send(call, serialize(response))
             else:
                 response = await result if inspect.isawaitable(result) else result
                 if response is not None and not handler.response_streaming:
-                    transport.write(call, serialize(response))
+                    await self._send(call, serialize(response))
             code = context._code or grpc.StatusCode.OK
             transport.finish(call, _code(code), context._details)
         except BaseException as exc:  # noqa: BLE001
             self._fail(call, method, exc, context)
         finally:
             self._streams.pop(call, None)
+            self._writable.pop(call, None)
             self._tasks.pop(call, None)
+
+    async def _send(self, call: int, payload: bytes) -> None:
+        """One response message of a stream; when the client is not reading and the unsent ones
+        pass the transport's limit, wait until it reads (back-pressure up to the handler)."""
+        if self._transport.write(call, payload) == native.FULL:
+            self._writable[call] = waiter = self._loop.create_future()
+            await waiter
 
     def _fail(self, call: int, method: str, exc: BaseException, context: NativeContext) -> None:
         """The status of a call whose handler raised: an abort's own, CANCELLED when the call was

@@ -100,8 +100,10 @@ class MimoServer:
         chain = interceptors(self.settings)
         limit = self.settings.max_message_bytes
         if self.settings.native_frontend:
-            log.info("gRPC frontend: native (mimo's C++ transport, grpc++ %s)", native_server.native.GRPC_VERSION)
+            log.info("gRPC frontend: native (mimo's Rust transport: %s)", native_server.native.STACK)
             return native_server.NativeServer(interceptors=chain, max_message_bytes=limit)
+        if not native_server.available():  # said once, at start-up
+            log.info("native transport not built (%s): %s", native_server.IMPORT_ERROR, native_server.HOW_TO_BUILD)
         log.info("gRPC frontend: python (grpc.aio %s)", grpc.__version__)
         return grpc.aio.server(
             interceptors=[*chain, RequestParsing()],  # innermost: it wraps the method's handler

@@ -41,7 +41,7 @@ class ServerSettings:
     execution: str = "auto"  # where models run: auto | inline (event loop) | thread (worker threads)
     workers: int = 1  # server processes sharing the port (SO_REUSEPORT), each loading every model
     event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
-    frontend: str = "auto"  # gRPC transport: native (C++, scripts/build_native.sh) | python (grpc.aio) | auto
+    frontend: str = "auto"  # gRPC transport: native (Rust, built by pip install) | python (grpc.aio) | auto
     batching: bool = True
     max_queue_delay_ms: float = 0.0  # extra wait for a fuller batch; 0 = batch what is queued
     max_queue_size: int = 1024  # requests waiting per model before RESOURCE_EXHAUSTED
@@ -144,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "requests/s on one core in make bench), asyncio, or 'auto' (default): uvloop when it is "
                    "installed (the server extra installs it, except on Windows)")
     p.add_argument("--frontend", choices=FRONTENDS, default=_env("FRONTEND", "auto"),
-                   help="gRPC transport: 'native' (mimo's C++ transport: HTTP/2 and gRPC off the Python "
+                   help="gRPC transport: 'native' (mimo's Rust transport: HTTP/2 and gRPC off the Python "
                    "thread, several times cheaper per call), 'python' (grpc.aio), 'auto' (default): native "
-                   "when it is built (scripts/build_native.sh), else python")
+                   "when it is built (pip builds it where a Rust toolchain is on PATH), else python")
     p.add_argument("--workers", type=int, default=int(_env("WORKERS", 1)),
                    help="server processes sharing the port (SO_REUSEPORT); each loads every model "
                    "(default 1). --metrics-port then serves every worker's metrics, labelled worker=\"i\", "
@@ -203,7 +203,7 @@ def parse_settings(argv: list[str]) -> ServerSettings:
 
         if not native_server.available():
             parser.error(f"--frontend native: the native transport is not built ({native_server.IMPORT_ERROR}); "
-                         "run scripts/build_native.sh or use --frontend python")
+                         f"{native_server.HOW_TO_BUILD}, or use --frontend python")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     if args.workers > 1 and args.port == 0:

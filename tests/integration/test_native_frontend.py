@@ -230,11 +230,11 @@ def test_health_watch_streams_on_the_native_transport(native):
 
 def test_native_frontend_not_built_is_a_clear_error(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(native_server, "native", None)
-    monkeypatch.setattr(native_server, "IMPORT_ERROR", "No module named '_grpc_transport'")
+    monkeypatch.setattr(native_server, "IMPORT_ERROR", "No module named 'mimo.serving._transport'")
     with pytest.raises(SystemExit):
         parse_settings(["--model-repository", str(tmp_path), "--frontend", "native"])
     err = capsys.readouterr().err
-    assert "--frontend native: the native transport is not built" in err and "build_native.sh" in err
+    assert "--frontend native: the native transport is not built" in err and "Rust toolchain" in err
     assert parse_settings(["--model-repository", str(tmp_path)]).native_frontend is False
 
 
