@@ -15,6 +15,22 @@
 # gRPC (KServe v2, TF Serving, health, reflection) on 8500; Prometheus metrics over HTTP on 8000.
 # Settings: flags after the image name replace the default CMD; MIMO_* variables work too.
 
+# ---- transport: the wheel, with mimo's native transport (Rust) compiled in ----
+# The Rust toolchain stays in this stage; the image carries only the installed wheel (abi3, so the
+# bookworm Python that builds it and the base image's Python both load it).
+FROM rust:1-slim-bookworm AS transport
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN python3 -m venv /opt/wheel-build \
+ && /opt/wheel-build/bin/pip install --no-cache-dir --upgrade pip \
+ && /opt/wheel-build/bin/pip wheel --no-cache-dir --no-deps -w /wheels . \
+ && ls /wheels/*-abi3-*.whl
+
 FROM python:3.11-slim AS base
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -29,15 +45,6 @@ ARG GPU=0
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 RUN python -m venv "$VIRTUAL_ENV"
-# grpc++ headers and a compiler for mimo's native gRPC transport (native/, scripts/build_native.sh),
-# and Python's headers where the base image lacks them (a Debian-Python base, not python:*-slim)
-# hadolint ignore=DL3008,SC2086
-RUN apt-get update \
- && headers=$(python -c "import os, sysconfig; print('' if os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')) else 'python3-dev')") \
- && apt-get install -y --no-install-recommends g++ pkg-config libgrpc++-dev $headers \
- && apt-cache depends libgrpc++-dev | awk '/Depends: libgrpc\+\+[0-9]/ {print $2}' > "$VIRTUAL_ENV/native-runtime-packages" \
- && test -s "$VIRTUAL_ENV/native-runtime-packages" \
- && rm -rf /var/lib/apt/lists/*
 # Dependencies in a layer of their own: editing the sources does not reinstall TensorFlow.
 # With GPU=1 the CPU onnxruntime is left out (it conflicts with onnxruntime-gpu: same package).
 # TensorFlow's C++ headers (430 MB, for compiling custom ops) are not needed to serve.
@@ -47,15 +54,10 @@ RUN set -- server; if [ "$GPU" = 1 ]; then set -- server gpu; fi \
  && cat requirements.txt \
  && pip install -r requirements.txt \
  && rm -rf "$VIRTUAL_ENV"/lib/python3*/site-packages/tensorflow/include
-COPY . .
-# The native transport is built into serving/ and goes into the wheel with it. The runtime stage
-# needs grpc++'s shared library only: its Debian name carries the version, so it is read from the
-# -dev package's dependencies here (libgrpc++1.51 on bookworm, libgrpc++1.51t64 on trixie).
-# -P: import the installed wheel, not the ./mimo source folder
-RUN pip install 'pybind11>=2.11,<4' \
- && bash scripts/build_native.sh python \
- && pip uninstall -y pybind11 \
- && pip install --no-deps . \
+COPY --from=transport /wheels /wheels
+# -P: import the installed wheel, not a source folder
+RUN pip install --no-deps /wheels/*.whl \
+ && rm -rf /wheels \
  && pip check \
  && python -P -c "import mimo.serving.server, mimo.client, mimo.export, onnxruntime as o; print(o.get_available_providers())" \
  && python -P -c "from mimo.serving import native_server as n; assert n.available(), n.IMPORT_ERROR"
@@ -69,12 +71,7 @@ RUN groupadd --gid 10001 mimo \
  && useradd --uid 10001 --gid mimo --home-dir /home/mimo --create-home --shell /usr/sbin/nologin mimo \
  && mkdir -p /models
 COPY --from=build /opt/mimo /opt/mimo
-# grpc++ for the native transport (the package named by the build stage)
-# hadolint ignore=DL3008,SC2046
-RUN apt-get update \
- && apt-get install -y --no-install-recommends $(cat /opt/mimo/native-runtime-packages) \
- && rm -rf /var/lib/apt/lists/* \
- && python -P -c "from mimo.serving import native_server as n; assert n.available(), n.IMPORT_ERROR"
+RUN python -P -c "from mimo.serving import native_server as n; assert n.available(), n.IMPORT_ERROR"
 # GPU image: make the CUDA libraries that came as pip wheels (nvidia-*-cu12) visible to the dynamic
 # loader, so onnxruntime-gpu's CUDA provider finds them as TensorFlow does.
 RUN if [ "$GPU" = 1 ]; then \

@@ -17,7 +17,7 @@ install: $(STAMP)
 # to its sources reinstalls (cargo rebuilds only what changed, in native/target).
 NATIVE_SRC := native/Cargo.toml native/Cargo.lock native/build.rs $(wildcard native/src/*.rs)
 
-$(STAMP): pyproject.toml $(NATIVE_SRC)
+$(STAMP): pyproject.toml setup.py $(NATIVE_SRC)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
@@ -45,7 +45,7 @@ serve: install
 export: install
 	$(BIN)/mimo export --out $(MODELS)
 
-test: install perf-analyzer native-check
+test: install perf-analyzer
 	$(BIN)/python -m pytest -q -ra
 
 # Build the server image (podman, demo models baked in), run it, call it, SIGTERM it mid-request.

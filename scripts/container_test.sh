@@ -23,6 +23,7 @@ SERVER_IMAGE="$TAG:ct-$RUN_ID"
 DEMO_IMAGE="$TAG:ct-demo-$RUN_ID"
 EXPORT_ARGS=${MIMO_CT_EXPORT_ARGS:---image-size 71 --epochs 1 --samples 64}
 BASE=docker.io/library/python:3.11-slim
+RUST_BASE=docker.io/library/rust:1-slim-bookworm   # the Dockerfile's transport stage
 # A machine without an image registry has a local stand-in for the base image (and podman settings
 # for its kernel) next to the repository; a normal machine pulls the real base image.
 TOOLS=$REPO/../shared/tools/containers
@@ -73,6 +74,15 @@ elif [ -x "$TOOLS/make-python-base.sh" ]; then
   t=$(now); "$TOOLS/make-python-base.sh" "$ENGINE"; say "stand-in built in $(elapsed "$t") s"
 else
   say "base image $BASE: pulling"; $ENGINE pull "$BASE"
+fi
+
+if $ENGINE image exists "$RUST_BASE" 2>/dev/null || $ENGINE image inspect "$RUST_BASE" >/dev/null 2>&1; then
+  say "base image $RUST_BASE: present"
+elif [ -x "$TOOLS/make-python-base.sh" ]; then
+  say "base image $RUST_BASE: building the local stand-in from this machine's Rust toolchain (once)"
+  t=$(now); bash scripts/make_rust_base.sh "$ENGINE"; say "stand-in built in $(elapsed "$t") s"
+else
+  say "base image $RUST_BASE: pulling"; $ENGINE pull "$RUST_BASE"
 fi
 
 # ---- build: the server image (default target), then the demo image (models baked in) ----

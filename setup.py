@@ -1,0 +1,32 @@
+"""The native transport (native/, Rust, a PyO3 extension) for `mimo.serving._transport`.
+
+Everything else about the package is in pyproject.toml. This file only decides whether there is an
+extension to build: with cargo on PATH, setuptools-rust compiles native/ into one abi3 extension
+(CPython >= 3.10) and the wheel is tagged for its platform (cp310-abi3-<platform>); without cargo,
+or with MIMO_PURE=1, nothing is compiled, the wheel is pure (py3-none-any), and `mimo serve` runs on
+grpc.aio and says so once at start-up.
+"""
+
+import os
+import shutil
+import sys
+
+from setuptools import setup
+
+
+def rust_extensions() -> list:
+    if os.environ.get("MIMO_PURE") == "1":
+        return []
+    if shutil.which("cargo") is None:
+        print("mimo: cargo is not on PATH: installing without the native transport (grpc.aio serves)",
+              file=sys.stderr)
+        return []
+    from setuptools_rust import Binding, RustExtension
+
+    # optional: a toolchain that cannot build it (too old, no linker) still leaves an installable package
+    return [RustExtension("mimo.serving._transport", path="native/Cargo.toml", binding=Binding.PyO3,
+                          py_limited_api="auto", cargo_manifest_args=["--locked"], optional=True)]
+
+
+extensions = rust_extensions()
+setup(rust_extensions=extensions, options={"bdist_wheel": {"py_limited_api": "cp310"}} if extensions else {})
