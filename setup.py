@@ -25,7 +25,8 @@ def rust_extensions() -> list:
 
     # optional: a toolchain that cannot build it (too old, no linker) still leaves an installable package
     return [RustExtension("mimo.serving._transport", path="native/Cargo.toml", binding=Binding.PyO3,
-                          py_limited_api="auto", cargo_manifest_args=["--locked"], optional=True)]
+                          py_limited_api="auto", cargo_manifest_args=["--locked"], optional=True,
+                          debug=False)]  # release for editable installs too: they are what make bench measures
 
 
 extensions = rust_extensions()

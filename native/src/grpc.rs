@@ -257,7 +257,7 @@ async fn unary_call(
     let message = match requests.message().await {
         Ok(Some(message)) => message,
         Ok(None) => return Err(Status::invalid_argument(NO_REQUEST_MESSAGE)),
-        Err(status) => return Err(status),
+        Err(status) => return Err(read_error(status)),
     };
     drop(requests);
     shared.calls.events.push(Event { kind: Kind::Unary, call: id, payload: Some(message), head: Some(Box::new(head)) });
@@ -273,6 +273,16 @@ async fn unary_call(
         }
         Some(Out::Http(..)) => Err(Status::internal("an HTTP answer to a gRPC call")),
         None => Err(Status::unavailable("the server is shutting down")),
+    }
+}
+
+/// The status for a request message that could not be read: an oversized one is
+/// RESOURCE_EXHAUSTED, as grpc answers (tonic says OUT_OF_RANGE).
+fn read_error(status: Status) -> Status {
+    if status.code() == Code::OutOfRange {
+        Status::resource_exhausted(format!("received message larger than the server's limit: {}", status.message()))
+    } else {
+        status
     }
 }
 
@@ -292,7 +302,8 @@ async fn read_stream(shared: Arc<Shared>, id: u64, call: Arc<Call>, mut requests
                 return;
             }
             Err(status) => {
-                // A bad frame or an oversized message ends the call with tonic's status.
+                // A bad frame or an oversized message ends the call.
+                let status = read_error(status);
                 shared.calls.abandon(id, Some((status.code() as i32, status.message().to_owned())));
                 return;
             }

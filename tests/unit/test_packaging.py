@@ -17,8 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _build_wheel(outdir: Path, **env) -> Path:
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(outdir), str(ROOT)],
+def _build_wheel(outdir: Path, source: Path = ROOT, **env) -> Path:
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(outdir), str(source)],
                    check=True, capture_output=True, timeout=600, env={**os.environ, **env})
     (wheel,) = outdir.glob("mimo_serve-*.whl")
     return wheel
@@ -40,7 +40,11 @@ def test_the_wheel_carries_the_native_transport_tagged_for_its_platform(tmp_path
 
 @pytest.mark.slow
 def test_without_rust_the_wheel_is_pure_and_serves_on_grpc_aio(tmp_path):
-    wheel = _build_wheel(tmp_path, MIMO_PURE="1")
+    # A copy without build output: the work tree's build/ may hold an extension built before.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "dist", "target", "*.so", "models", "bench", ".cache", "__pycache__"))
+    wheel = _build_wheel(tmp_path, source, MIMO_PURE="1")
     assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
     assert "Root-Is-Purelib: true" in _wheel_metadata(wheel)
     assert not any(n.endswith(".so") for n in zipfile.ZipFile(wheel).namelist())
