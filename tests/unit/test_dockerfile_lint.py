@@ -66,7 +66,12 @@ def _stage(name: str) -> list[tuple[str, str]]:
 
 def test_runtime_contract():
     froms = [rest for word, rest in _instructions() if word == "FROM"]
-    assert froms[0].startswith("python:3.11-slim")
+    # the Rust toolchain only in the stage that builds the wheel; the image's stages on python:3.11-slim
+    assert froms[0] == "rust:1-slim-bookworm AS transport"
+    assert "python:3.11-slim AS base" in froms
+    build = _stage("build")
+    assert ("COPY", "--from=transport /wheels /wheels") in build
+    assert not any("cargo" in rest or "rustup" in rest for _, rest in build + _stage("runtime"))
     runtime = dict(_stage("runtime"))
     assert re.fullmatch(r"\d+(:\d+)?", runtime["USER"]), "numeric USER (Kubernetes runAsNonRoot)"
     assert not runtime["USER"].startswith("0")

@@ -49,12 +49,14 @@ def test_without_rust_the_wheel_is_pure_and_serves_on_grpc_aio(tmp_path):
     assert "Root-Is-Purelib: true" in _wheel_metadata(wheel)
     assert not any(n.endswith(".so") for n in zipfile.ZipFile(wheel).namelist())
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True, system_site_packages=True)  # numpy, grpcio from this venv
+    venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=300)
+    # grpcio and numpy from this environment's site-packages (which holds no `mimo` folder: ours is editable)
+    site = next(p for p in sys.path if p.endswith("site-packages"))
     result = subprocess.run(
         [str(python), "-P", "-c", "from mimo.serving import native_server as n; print(n.__file__, n.available())"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        capture_output=True, text=True, cwd=tmp_path, timeout=60, env={**os.environ, "PYTHONPATH": site})
     assert result.returncode == 0, result.stderr
     assert str(env_dir) in result.stdout and result.stdout.strip().endswith("False")
 
