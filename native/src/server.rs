@@ -348,8 +348,12 @@ async fn serve_grpc(
     let unary = shared.unary_methods.contains(&head.method);
     let limit = shared.limits.max_message_bytes;
     let service = grpc::CallService { shared, head, unary, deadline };
-    let mut codec =
-        tonic::server::Grpc::new(grpc::RawCodec).max_decoding_message_size(limit).max_encoding_message_size(limit);
+    // Compressed requests are taken as grpc++ took them; decompression stops at the message limit.
+    let mut codec = tonic::server::Grpc::new(grpc::RawCodec)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .accept_compressed(tonic::codec::CompressionEncoding::Deflate)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     let response = codec.streaming(service, ::http::Request::from_parts(parts, body)).await;
     let (parts, body) = response.into_parts();
     ::http::Response::from_parts(parts, tonic::body::Body::new(http::Holding { body, _busy: busy }))

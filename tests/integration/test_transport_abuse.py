@@ -630,6 +630,32 @@ def test_tensorflow_and_the_transport_share_a_process_in_either_order(mlp_only, 
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]
 
 
+# -- compressed requests ----------------------------------------------------------------------------
+
+
+def test_gzip_requests_are_served_and_a_decompression_bomb_stops_at_the_message_limit(served, exported_repo):
+    """grpc clients may compress requests (grpc++ took them; so does the transport). A message that
+    inflates past --max-message-mb (64 MB here) is refused while inflating, not after."""
+    channel = grpc.insecure_channel(served.address, compression=grpc.Compression.Gzip)
+    try:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        reply = stub.ModelInfer(_request(exported_repo), timeout=10)
+        assert codec.decode_infer_response(reply)["probs"].shape == (1, 10)
+        bomb = _request(exported_repo)
+        bomb.raw_input_contents.append(bytes(70 << 20))  # 70 MB of zeros: about 70 KB compressed
+        rss = served.rss_mb()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(bomb, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+        assert "size limit" in refused.value.details() or "larger" in refused.value.details()
+        grown = served.rss_mb() - rss
+        print(f"\n[gzip bomb] refused: {refused.value.details()!r}; server RSS +{grown:.1f} MB")
+        assert grown < 150, f"the server held {grown:.0f} MB for a refused message"
+    finally:
+        channel.close()
+    _infer_ok(served.address, exported_repo)
+
+
 # -- 7. the HTTP port, at the Transport level -------------------------------------------------------
 
 
