@@ -23,9 +23,10 @@ def rust_extensions() -> list:
         return []
     from setuptools_rust import Binding, RustExtension
 
-    # optional: a toolchain that cannot build it (too old, no linker) still leaves an installable package
+    # Not optional: with cargo on PATH a failed build fails the install (MIMO_PURE=1 opts out), rather
+    # than a wheel tagged for a platform without its extension.
     return [RustExtension("mimo.serving._transport", path="native/Cargo.toml", binding=Binding.PyO3,
-                          py_limited_api="auto", cargo_manifest_args=["--locked"], optional=True,
+                          py_limited_api="auto", cargo_manifest_args=["--locked"], optional=False,
                           debug=False)]  # release for editable installs too: they are what make bench measures
 
 

@@ -18,11 +18,12 @@ mkdir -p "$CTX/rust/bin" "$CTX/rust/lib"
 cp -a "$SYSROOT/bin/rustc" "$SYSROOT/bin/rustdoc" "$CTX/rust/bin/" 2>/dev/null || cp -a "$SYSROOT/bin/rustc" "$CTX/rust/bin/"
 cp -aL "$CARGO" "$CTX/rust/bin/cargo"
 cp -a "$SYSROOT/lib/." "$CTX/rust/lib/"
-rm -rf "$CTX/rust/lib/rustlib/src" "$CTX/rust/lib/rustlib/"*/bin/gcc-ld 2>/dev/null || true
+rm -rf "$CTX/rust/lib/rustlib/src"  # sources only (rust-src); the linker (rust-lld, gcc-ld) stays
 echo "$RUSTC ($(rustc --version)) -> $TAG"
 cat > "$CTX/Containerfile" <<'DOCKER'
 FROM docker.io/library/python:3.11-slim
 COPY rust /usr/local/rust
+ENV PATH=/usr/local/rust/bin:/usr/local/cargo/bin:$PATH CARGO_HOME=/usr/local/cargo
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
@@ -31,7 +32,6 @@ RUN apt-get update \
     else : > /usr/local/cargo-config.toml; fi \
  && mkdir -p /usr/local/cargo && mv /usr/local/cargo-config.toml /usr/local/cargo/config.toml \
  && rustc --version && cargo --version
-ENV PATH=/usr/local/rust/bin:/usr/local/cargo/bin:$PATH CARGO_HOME=/usr/local/cargo
 DOCKER
 case "$ENGINE" in
   podman) podman build --pull=never --isolation=chroot --format docker -t "$TAG" "$CTX" >/dev/null ;;
