@@ -8,10 +8,14 @@ at scrape time, so they are never stale and a version that is gone has no series
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import urllib.request
 import weakref
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,9 +23,30 @@ log = logging.getLogger("mimo.serving")
 STATES = ("READY", "LOADING", "UNAVAILABLE", "UNLOADING")  # the registry's version states
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - scrapes are not worth a log line each
+        pass
+
+
+def metrics_only(app):
+    """The metrics app at /metrics and a 404 everywhere else: a scrape port that answered 200 on
+    every path made `/v2/health/ready` look healthy to HTTP clients."""
+
+    def serve(environ, start_response):
+        if environ.get("PATH_INFO", "") in ("/metrics", "/metrics/"):
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: this port serves Prometheus metrics at /metrics only\n"]
+
+    return serve
+
+
 def start_metrics_server(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> None:
     try:
-        start_http_server(port, addr=host, registry=registry)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+        server = make_server(host, port, metrics_only(make_wsgi_app(registry)), server_class, _QuietHandler)
+        threading.Thread(target=server.serve_forever, name="mimo-metrics", daemon=True).start()
     except OSError as exc:  # metrics are an aid: a taken port must not stop serving
         log.error("metrics endpoint on %s:%d not started: %s", host, port, exc)
         return

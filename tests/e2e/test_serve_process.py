@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,6 +88,17 @@ def test_metrics_endpoint_counts_requests(served, exported_repo):
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
     assert 'mimo_requests_total{model="mlp",status="OK",version="1"}' in text
     assert "mimo_compute_seconds_bucket" in text and "mimo_batch_size_bucket" in text
+
+
+def test_the_metrics_port_answers_metrics_only(served):
+    """Any other path is a 404: tritonclient.http's is_server_ready() and probes must not read a
+    scrape port as a healthy REST endpoint."""
+    _, metrics, _ = served
+    for path in ("/", "/v2/health/ready", "/v1/models/mlp", "/metricsx"):
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics}{path}", timeout=10)
+        assert answer.value.code == 404, path
+        assert b"/metrics" in answer.value.read()
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(served, exported_repo):
