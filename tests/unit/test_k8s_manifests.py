@@ -395,3 +395,14 @@ def test_inference_services_use_a_runtime_that_serves_them():
         for c in runtime["spec"]["containers"]:
             assert "--model-repository=/mnt/models" in c["args"]  # where the storage initializer writes
             assert c["ports"][0]["name"] == "h2c"  # gRPC: Knative/KServe route HTTP/2 cleartext to it
+
+
+def test_runtimes_advertise_only_the_protocols_their_ports_speak():
+    """KServe routes `v2` (REST) traffic to the runtime's port: listing it beside a gRPC-only port
+    would send HTTP/1.1 requests to gRPC. `v2` needs an HTTP container port."""
+    for runtime in _find("ServingRuntime"):
+        protocols = set(runtime["spec"]["protocolVersions"])
+        ports = [p for c in runtime["spec"]["containers"] for p in c.get("ports", [])]
+        assert "grpc-v2" in protocols and any(p["name"] == "h2c" for p in ports)
+        if "v2" in protocols:
+            assert any(p["name"].startswith("http") for p in ports), runtime["metadata"]["name"]
