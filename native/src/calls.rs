@@ -5,7 +5,7 @@
 //! it ends it; the other finds it gone. That one rule gives "exactly one end per call".
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -44,7 +44,7 @@ pub struct Call {
 
 pub struct Calls {
     table: Mutex<HashMap<u64, Arc<Call>>>,
-    next_id: Mutex<u64>,
+    next_id: AtomicU64,
     pub events: EventQueue,
     /// Unsent response bytes a stream may hold before Python is told to wait.
     pub unsent_limit: usize,
@@ -53,7 +53,7 @@ pub struct Calls {
 
 impl Calls {
     pub fn new(events: EventQueue, unsent_limit: usize, read_window: usize) -> Self {
-        Calls { table: Mutex::new(HashMap::new()), next_id: Mutex::new(0), events, unsent_limit, read_window }
+        Calls { table: Mutex::new(HashMap::new()), next_id: AtomicU64::new(0), events, unsent_limit, read_window }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Call>>> {
@@ -69,11 +69,7 @@ impl Calls {
             wants_writable: AtomicBool::new(false),
             read_window: Arc::new(Semaphore::new(self.read_window)),
         });
-        let id = {
-            let mut next = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
-            *next += 1;
-            *next
-        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         self.table().insert(id, call.clone());
         (id, call, rx)
     }

@@ -35,6 +35,13 @@ pub enum Value {
     Binary(Vec<u8>),
 }
 
+impl Value {
+    /// Header bytes as text, Latin-1 as grpc and HTTP/1.1 read them.
+    pub fn latin1(bytes: &[u8]) -> Self {
+        Value::Text(bytes.iter().map(|&b| b as char).collect())
+    }
+}
+
 /// What a new call brings: method (the gRPC path, or the HTTP method), metadata, time left, peer.
 #[derive(Debug, Default)]
 pub struct Head {

@@ -107,7 +107,7 @@ pub fn metadata(headers: &http::HeaderMap) -> Vec<(String, Value)> {
                 Err(_) => continue, // undecodable binary metadata is dropped, as grpc does
             }
         } else {
-            Value::Text(value.as_bytes().iter().map(|&b| b as char).collect()) // Latin-1, as grpc
+            Value::latin1(value.as_bytes())
         };
         out.push((name.to_owned(), value));
     }
@@ -121,9 +121,9 @@ fn status(code: i32, message: String) -> Status {
 
 /// Ends the call for Python when the network side lets go of it (client reset, connection
 /// closed, deadline) before Python answered.
-struct Registration {
-    shared: Arc<Shared>,
-    id: u64,
+pub struct Registration {
+    pub shared: Arc<Shared>,
+    pub id: u64,
 }
 
 impl Drop for Registration {

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 
 use crate::calls::Out;
 use crate::events::{Event, Head, Kind, Value};
+use crate::grpc::Registration;
 use crate::server::{ActiveStream, Shared};
 
 /// A whole request body must arrive within this.
@@ -75,8 +76,7 @@ fn json_string(text: &str) -> String {
 
 /// What the gRPC port answers a request that is not gRPC (HTTP/1.1, or HTTP/2 without
 /// `application/grpc`): a clear 415 instead of a protocol error.
-pub fn not_grpc<B>(request: &http::Request<B>) -> Response {
-    let _ = request;
+pub fn not_grpc() -> Response {
     error(415, "this port serves gRPC (HTTP/2, content-type application/grpc); HTTP requests go to the HTTP port")
 }
 
@@ -99,11 +99,11 @@ pub async fn serve(shared: Arc<Shared>, request: http::Request<Incoming>, peer: 
     let mut metadata = Vec::with_capacity(parts.headers.len() + 1);
     metadata.push((":path".to_owned(), Value::Text(parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned())));
     for (name, value) in &parts.headers {
-        metadata.push((name.as_str().to_owned(), Value::Text(value.as_bytes().iter().map(|&b| b as char).collect())));
+        metadata.push((name.as_str().to_owned(), Value::latin1(value.as_bytes())));
     }
     let head = Head { method: parts.method.as_str().to_owned(), metadata, timeout: -1.0, peer: peer.to_owned() };
     let (id, _call, mut rx) = shared.calls.open();
-    let registration = Abandon { shared: &shared, id };
+    let registration = Registration { shared: shared.clone(), id }; // Gone if the client leaves first
     shared.calls.events.push(Event { kind: Kind::Http, call: id, payload: Some(body), head: Some(Box::new(head)) });
     let response = match rx.recv().await {
         Some(Out::Http(status, headers, body)) => plain(status, headers, body),
@@ -113,18 +113,6 @@ pub async fn serve(shared: Arc<Shared>, request: http::Request<Incoming>, peer: 
     drop(registration);
     let (parts, body) = response.into_parts();
     http::Response::from_parts(parts, tonic::body::Body::new(Holding { body, _busy: busy }))
-}
-
-/// Python hears `Gone` when the client leaves before the answer.
-struct Abandon<'a> {
-    shared: &'a Shared,
-    id: u64,
-}
-
-impl Drop for Abandon<'_> {
-    fn drop(&mut self) {
-        self.shared.calls.abandon(self.id, None);
-    }
 }
 
 #[cfg(test)]

@@ -341,7 +341,7 @@ async fn serve_grpc(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
     if request.version() != ::http::Version::HTTP_2 || !is_grpc {
-        return http::not_grpc(&request);
+        return http::not_grpc();
     }
     let (parts, body) = request.into_parts();
     let (head, deadline) = grpc::head(&parts, peer, Instant::now());
