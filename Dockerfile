@@ -59,7 +59,7 @@ COPY --from=transport /wheels /wheels
 RUN pip install --no-deps /wheels/*.whl \
  && rm -rf /wheels \
  && pip check \
- && python -P -c "import mimo.serving.server, mimo.client, mimo.export, onnxruntime as o; print(o.get_available_providers())" \
+ && python -P -c "import mimo.serving.app, mimo.client, mimo.export, onnxruntime as o; print(o.get_available_providers())" \
  && python -P -c "from mimo.serving import native_server as n; assert n.available(), n.IMPORT_ERROR"
 
 # ---- runtime: the venv, a non-root user, health check, and `mimo serve` ----

@@ -107,7 +107,7 @@ def _supervise(settings, argv: list[str]) -> int:
 
 async def _serve(settings) -> int:
     from mimo.serving.metrics import start_metrics_server
-    from mimo.serving.server import MimoServer
+    from mimo.serving.app import MimoServer
 
     server = MimoServer(settings)
     stop = asyncio.Event()

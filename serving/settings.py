@@ -1,5 +1,10 @@
 """Server-wide settings: command-line flags, each with a MIMO_* environment variable behind it.
 
+Each option is declared once, as a `ServerSettings` field made by `option(...)`: its name gives the
+flag (`max_queue_size` -> `--max-queue-size`; a boolean that defaults to True: `--no-batching`) and
+the variable (`MIMO_MAX_QUEUE_SIZE`, `MIMO_BATCHING=0`), its annotation the type, its metadata the
+help and choices; `build_parser()` and `parse_settings()` are generated from the fields.
+
 Parsed only in `main()`; everything else receives a `ServerSettings`. Per-model settings live in
 each model's model.json and override the server-wide defaults where both exist.
 """
@@ -7,7 +12,9 @@ each model's model.json and override the server-wide defaults where both exist.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,60 +33,90 @@ DEVICES = ("auto", "cpu", "gpu")
 FRONTENDS = ("auto", "native", "python")
 MODEL_CONTROL_MODES = ("none", "explicit")
 
+ENV_PREFIX = "MIMO_"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def option(default=dataclasses.MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
+           secret: bool = False, file_help: str | None = None):
+    """A `ServerSettings` field that is also a flag and a MIMO_ variable. `secret`: left out of repr;
+    `file_help`: the value may instead be read from the file `--<flag>-file` (MIMO_<NAME>_FILE)."""
+    return field(default=default, repr=not secret,
+                 metadata={"help": help, "choices": choices, "file_help": file_help})
+
 
 @dataclass
 class ServerSettings:
-    model_repository: Path
-    host: str = "127.0.0.1"
-    port: int = 8500
-    backend: str = "onnxruntime"
-    device: str = "auto"
-    max_message_mb: int = 64
-    metrics_port: int = 8000  # 0 turns the Prometheus endpoint off
-    instances: int = 0  # concurrent executions per model; 0 = one per usable core (at most 4)
-    intra_op_threads: int = 1  # per execution; instances x threads should not exceed the cores
-    execution: str = "auto"  # where models run: auto | inline (event loop) | thread (worker threads)
-    workers: int = 1  # server processes sharing the port (SO_REUSEPORT), each loading every model
-    event_loop: str = "auto"  # auto (uvloop when installed) | asyncio | uvloop
-    frontend: str = "auto"  # gRPC transport: native (Rust, built by pip install) | python (grpc.aio) | auto
-    batching: bool = True
-    max_queue_delay_ms: float = 0.0  # extra wait for a fuller batch; 0 = batch what is queued
-    max_queue_size: int = 1024  # requests waiting per model before RESOURCE_EXHAUSTED
-    strict_readiness: bool = False  # start (and be ready) only when every model and version is
-    poll_seconds: float = 0.0  # repository poll for new versions; 0 = off
-    grace_seconds: float = 20.0  # on SIGTERM, how long in-flight requests may take
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    token: str | None = field(default=None, repr=False)
-    # RepositoryModelLoad/Unload: refused under "none" (Triton's default too); "explicit" allows them,
-    # to holders of admin_token when one is set.
-    model_control_mode: str = "none"
-    admin_token: str | None = field(default=None, repr=False)
-    log_level: str = "INFO"
+    model_repository: Path = option(help="the model repository: one folder per model (required)")
+    host: str = option("127.0.0.1", "address to listen on (0.0.0.0 or :: for every interface)")
+    port: int = option(8500, "gRPC port (default 8500; 0 = any free port)")
+    http_port: int = option(8501, "HTTP port for KServe v2 REST and TensorFlow Serving REST "
+                            "(default 8501; 0 turns HTTP off)")
+    backend: str = option("onnxruntime", "default backend; a model.json 'backend' overrides it (default onnxruntime)",
+                          choices=BACKENDS)
+    device: str = option("auto", "where models compute (default auto)", choices=DEVICES)
+    max_message_mb: int = option(64, "largest request or response message, in MiB (default 64)")
+    metrics_port: int = option(8000, "Prometheus /metrics port (default 8000; 0 = off)")
+    instances: int = option(0, "concurrent executions per model (default: one per core, at most 4)")
+    intra_op_threads: int = option(1, "threads per execution (default 1); instances x threads should not "
+                                   "exceed the cores")
+    execution: str = option(
+        "auto", "where models run: 'inline' on the event loop (no thread hand-off), 'thread' in "
+        "--instances worker threads (batches grow while one computes), 'auto' (default): a "
+        "request that finds its model idle runs inline if the model computes in under 1 ms, "
+        "queued work inline under 50 us per execution and in threads otherwise", choices=EXECUTION)
+    workers: int = option(
+        1, "server processes sharing the port (SO_REUSEPORT); each loads every model "
+        "(default 1). --metrics-port then serves every worker's metrics, labelled worker=\"i\", "
+        "gathered from the workers' own endpoints on the next N ports")
+    event_loop: str = option(
+        "auto", "the asyncio event loop of `mimo serve`: uvloop (less CPU per request: +20%% qa "
+        "requests/s on one core in make bench), asyncio, or 'auto' (default): uvloop when it is "
+        "installed (the server extra installs it, except on Windows)", choices=EVENT_LOOPS)
+    frontend: str = option(
+        "auto", "gRPC transport: 'native' (mimo's Rust transport: HTTP/2 and gRPC off the Python "
+        "thread, several times cheaper per call), 'python' (grpc.aio), 'auto' (default): native "
+        "when it is built (pip builds it where a Rust toolchain is on PATH), else python", choices=FRONTENDS)
+    batching: bool = option(True, "run every request on its own")
+    max_queue_delay_ms: float = option(0.0, "extra wait for a fuller batch, in ms (default 0: batch what is queued)")
+    max_queue_size: int = option(1024, "requests waiting per model before RESOURCE_EXHAUSTED (default 1024)")
+    strict_readiness: bool = option(False, "refuse to start (exit 2) unless every model and version loads; "
+                                    "without it the server starts when at least one does and reports the others")
+    poll_seconds: float = option(0.0, "poll the repository for new versions every N seconds (0 = off)")
+    grace_seconds: float = option(20.0, "on SIGTERM, how long in-flight requests may take (default 20)")
+    tls_cert: Path | None = option(None, "TLS certificate chain, PEM (with --tls-key)")
+    tls_key: Path | None = option(None, "TLS private key, PEM (with --tls-cert)")
+    tls_client_ca: Path | None = option(None, "require client certificates signed by this CA (mutual TLS)")
+    token: str | None = option(
+        None, "bearer token required on inference and metadata calls. A flag's value is visible to every "
+        "local user (ps, /proc/PID/cmdline): prefer --token-file or the MIMO_TOKEN environment variable",
+        secret=True, file_help="read the bearer token from this file (surrounding whitespace ignored)")
+    model_control_mode: str = option(
+        "none", "'none' (default): the repository RPCs RepositoryModelLoad/Unload are refused "
+        "(PERMISSION_DENIED); 'explicit': they load and unload the repository's models, by folder "
+        "name, for holders of --admin-token when one is set. RepositoryIndex and health stay open",
+        choices=MODEL_CONTROL_MODES)
+    admin_token: str | None = option(
+        None, "bearer token RepositoryModelLoad/Unload require under --model-control-mode explicit. A flag's "
+        "value is visible to every local user (ps, /proc/PID/cmdline): prefer --admin-token-file or the "
+        "MIMO_ADMIN_TOKEN environment variable",
+        secret=True, file_help="read the admin token from this file (surrounding whitespace ignored)")
+    log_level: str = option("INFO", "logging level: DEBUG, INFO, WARNING or ERROR (default INFO)")
+
+    # Resolved from the options at construction (dataclasses.replace resolves them again), so that
+    # reading them imports nothing.
+    uses_uvloop: bool = field(init=False)
+    native_frontend: bool = field(init=False)  # the server runs on the native transport
+
+    def __post_init__(self) -> None:
+        self.uses_uvloop = self.event_loop == "uvloop" or (self.event_loop == "auto" and _uvloop_installed())
+        self.native_frontend = self.frontend == "native" or (
+            self.frontend == "auto" and _native_transport().available())
 
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
-
-    @property
-    def uses_uvloop(self) -> bool:
-        if self.event_loop != "auto":
-            return self.event_loop == "uvloop"
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
-            return False
-        return True
-
-    @property
-    def native_frontend(self) -> bool:
-        """Whether the server runs on the native transport (auto: when it is built)."""
-        if self.frontend == "python":
-            return False
-        from mimo.serving import native_server
-
-        return self.frontend == "native" or native_server.available()
 
     @property
     def executions_per_model(self) -> int:
@@ -91,15 +128,109 @@ class ServerSettings:
         return max(1, min(4, usable_cores() // max(1, self.workers)))
 
 
-def _env(name: str, default):
-    return os.environ.get(f"MIMO_{name}", default)
+def _uvloop_installed() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def _env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(f"MIMO_{name}")
-    if value is None:
-        return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
+def _native_transport():
+    """The native transport's module, imported on first use (it loads the Rust extension when built)."""
+    from mimo.serving.transports import native
+
+    return native
+
+
+# --- the flags and variables, generated from the fields -------------------------------------------
+
+def options() -> list[dataclasses.Field]:
+    """The server options: every `ServerSettings` field set by a flag and a variable."""
+    return [f for f in dataclasses.fields(ServerSettings) if f.init]
+
+
+def flag(f: dataclasses.Field) -> str:
+    """`--max-queue-size`; a boolean that defaults to True is switched off: `--no-batching`."""
+    name = f.name.replace("_", "-")
+    return f"--no-{name}" if kind(f) is bool and f.default is True else f"--{name}"
+
+
+def variable(f: dataclasses.Field) -> str:
+    """`MIMO_MAX_QUEUE_SIZE`, from the field's name (`MIMO_BATCHING` for `--no-batching`)."""
+    return ENV_PREFIX + f.name.upper()
+
+
+_HINTS = typing.get_type_hints(ServerSettings)
+
+
+def kind(f: dataclasses.Field) -> type:
+    """The option's type without its None: str, int, float, bool or Path."""
+    hint = _HINTS[f.name]
+    types = [t for t in typing.get_args(hint) if t is not type(None)]
+    return types[0] if types else hint
+
+
+def _path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def _from_text(f: dataclasses.Field, text: str):
+    """An option's value from its variable's text; ValueError says what is wrong."""
+    typ = kind(f)
+    if typ is bool:
+        lowered = text.strip().lower()
+        if lowered not in _TRUE + _FALSE:
+            raise ValueError("not a boolean (1/0, true/false, yes/no, on/off)")
+        return lowered in _TRUE
+    if typ is Path:
+        return _path(text)
+    try:
+        value = typ(text)
+    except ValueError:
+        raise ValueError(f"not {'an' if typ is int else 'a'} {typ.__name__}") from None
+    choices = f.metadata["choices"]
+    if choices and value not in choices:
+        raise ValueError(f"choose from {', '.join(choices)}")
+    return value
+
+
+def _default(parser: argparse.ArgumentParser, f: dataclasses.Field, name: str):
+    """The variable `name`'s value when it is set, else the declared default."""
+    text = os.environ.get(name)
+    if text is None:
+        return None if f.default is dataclasses.MISSING else f.default
+    try:
+        return _from_text(f, text)
+    except ValueError as exc:
+        parser.error(f"{name}={text!r}: {exc}")
+
+
+def _help(f: dataclasses.Field, text: str, name: str) -> str:
+    if kind(f) is bool:  # the value that does what the flag does
+        name = f"{name}={'0' if f.default else '1'}"
+    return f"{text} [env: {name}]" if text else f"[env: {name}]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mimo serve",
+        description="Serve a model repository over gRPC and HTTP (Open Inference Protocol / KServe v2 and "
+        "TensorFlow Serving's Predict API). Every flag can also be set by its MIMO_<FLAG> environment "
+        "variable (--max-queue-size: MIMO_MAX_QUEUE_SIZE; --no-batching: MIMO_BATCHING=0); a flag beats its variable.",
+    )
+    for f in options():
+        name, text = variable(f), f.metadata["help"]
+        if kind(f) is bool:
+            p.add_argument(flag(f), dest=f.name, action="store_false" if f.default else "store_true",
+                           default=_default(p, f, name), help=_help(f, text, name))
+        else:
+            p.add_argument(flag(f), dest=f.name, type=_path if kind(f) is Path else kind(f),
+                           choices=f.metadata["choices"], default=_default(p, f, name), help=_help(f, text, name))
+        if f.metadata["file_help"]:
+            p.add_argument(f"{flag(f)}-file", dest=f"{f.name}_file", default=os.environ.get(f"{name}_FILE"),
+                           help=_help(f, f.metadata["file_help"], f"{name}_FILE"))
+    return p
 
 
 def _secret(parser: argparse.ArgumentParser, flag: str, value: str | None, path: str | None) -> str | None:
@@ -117,135 +248,41 @@ def _secret(parser: argparse.ArgumentParser, flag: str, value: str | None, path:
     return secret
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="mimo serve",
-        description="Serve a model repository over gRPC (Open Inference Protocol and TensorFlow Serving's "
-        "Predict API). Every flag can also be set by the MIMO_<FLAG> environment variable.",
-    )
-    p.add_argument("--model-repository", default=_env("MODEL_REPOSITORY", None), help="repository folder (MIMO_MODEL_REPOSITORY)")
-    p.add_argument("--host", default=_env("HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(_env("PORT", 8500)))
-    p.add_argument("--backend", choices=BACKENDS, default=_env("BACKEND", "onnxruntime"),
-                   help="default backend; a model.json 'backend' overrides it (default onnxruntime)")
-    p.add_argument("--device", choices=DEVICES, default=_env("DEVICE", "auto"))
-    p.add_argument("--max-message-mb", type=int, default=int(_env("MAX_MESSAGE_MB", 64)))
-    p.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", 8000)), help="0 = off")
-    p.add_argument("--instances", type=int, default=int(_env("INSTANCES", 0)),
-                   help="concurrent executions per model (default: one per core, at most 4)")
-    p.add_argument("--intra-op-threads", type=int, default=int(_env("INTRA_OP_THREADS", 1)))
-    p.add_argument("--execution", choices=EXECUTION, default=_env("EXECUTION", "auto"),
-                   help="where models run: 'inline' on the event loop (no thread hand-off), 'thread' in "
-                   "--instances worker threads (batches grow while one computes), 'auto' (default): a "
-                   "request that finds its model idle runs inline if the model computes in under 1 ms, "
-                   "queued work inline under 50 us per execution and in threads otherwise")
-    p.add_argument("--event-loop", choices=EVENT_LOOPS, default=_env("EVENT_LOOP", "auto"),
-                   help="the asyncio event loop of `mimo serve`: uvloop (less CPU per request: +20%% qa "
-                   "requests/s on one core in make bench), asyncio, or 'auto' (default): uvloop when it is "
-                   "installed (the server extra installs it, except on Windows)")
-    p.add_argument("--frontend", choices=FRONTENDS, default=_env("FRONTEND", "auto"),
-                   help="gRPC transport: 'native' (mimo's Rust transport: HTTP/2 and gRPC off the Python "
-                   "thread, several times cheaper per call), 'python' (grpc.aio), 'auto' (default): native "
-                   "when it is built (pip builds it where a Rust toolchain is on PATH), else python")
-    p.add_argument("--workers", type=int, default=int(_env("WORKERS", 1)),
-                   help="server processes sharing the port (SO_REUSEPORT); each loads every model "
-                   "(default 1). --metrics-port then serves every worker's metrics, labelled worker=\"i\", "
-                   "gathered from the workers' own endpoints on the next N ports")
-    p.add_argument("--no-batching", dest="batching", action="store_false", default=_env_bool("BATCHING", True),
-                   help="run every request on its own (MIMO_BATCHING=0)")
-    p.add_argument("--max-queue-delay-ms", type=float, default=float(_env("MAX_QUEUE_DELAY_MS", 0.0)))
-    p.add_argument("--max-queue-size", type=int, default=int(_env("MAX_QUEUE_SIZE", 1024)))
-    p.add_argument("--strict-readiness", action="store_true", default=_env_bool("STRICT_READINESS", False),
-                   help="refuse to start (exit 2) unless every model and version loads; without it the "
-                        "server starts when at least one does and reports the others")
-    p.add_argument("--poll-seconds", type=float, default=float(_env("POLL_SECONDS", 0.0)),
-                   help="poll the repository for new versions every N seconds (0 = off)")
-    p.add_argument("--grace-seconds", type=float, default=float(_env("GRACE_SECONDS", 20.0)))
-    p.add_argument("--tls-cert", default=_env("TLS_CERT", None))
-    p.add_argument("--tls-key", default=_env("TLS_KEY", None))
-    p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA", None),
-                   help="require client certificates signed by this CA (mutual TLS)")
-    p.add_argument("--token", default=_env("TOKEN", None),
-                   help="bearer token required on inference and metadata calls (MIMO_TOKEN). A flag's "
-                   "value is visible to every local user (ps, /proc/PID/cmdline): prefer --token-file "
-                   "or the MIMO_TOKEN environment variable")
-    p.add_argument("--token-file", default=_env("TOKEN_FILE", None),
-                   help="read the bearer token from this file (MIMO_TOKEN_FILE; surrounding whitespace ignored)")
-    p.add_argument("--model-control-mode", choices=MODEL_CONTROL_MODES, default=_env("MODEL_CONTROL_MODE", "none"),
-                   help="'none' (default): the repository RPCs RepositoryModelLoad/Unload are refused "
-                   "(PERMISSION_DENIED); 'explicit': they load and unload the repository's models, by folder "
-                   "name, for holders of --admin-token when one is set. RepositoryIndex and health stay open")
-    p.add_argument("--admin-token", default=_env("ADMIN_TOKEN", None),
-                   help="bearer token RepositoryModelLoad/Unload require under --model-control-mode explicit "
-                   "(MIMO_ADMIN_TOKEN); visible to local users as a flag: prefer --admin-token-file")
-    p.add_argument("--admin-token-file", default=_env("ADMIN_TOKEN_FILE", None),
-                   help="read the admin token from this file (MIMO_ADMIN_TOKEN_FILE)")
-    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
-    return p
-
-
 def parse_settings(argv: list[str]) -> ServerSettings:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.model_repository:
+    values = {f.name: getattr(args, f.name) for f in options()}
+    for f in options():
+        if f.metadata["file_help"]:
+            values[f.name] = _secret(parser, flag(f), values[f.name], getattr(args, f"{f.name}_file"))
+    s = ServerSettings(**values)
+    if not s.model_repository:
         parser.error("--model-repository (or MIMO_MODEL_REPOSITORY) is required")
-    if bool(args.tls_cert) != bool(args.tls_key):
+    if bool(s.tls_cert) != bool(s.tls_key):
         parser.error("--tls-cert and --tls-key go together")
-    if args.tls_client_ca and not args.tls_cert:
+    if s.tls_client_ca and not s.tls_cert:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
-    if args.event_loop == "uvloop":
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
-            parser.error("--event-loop uvloop: uvloop is not installed (pip install uvloop)")
-    if args.frontend == "native":
-        from mimo.serving import native_server
-
-        if not native_server.available():
-            parser.error(f"--frontend native: the native transport is not built ({native_server.IMPORT_ERROR}); "
-                         f"{native_server.HOW_TO_BUILD}, or use --frontend python")
-    if args.workers < 1:
+    if s.event_loop == "uvloop" and not _uvloop_installed():
+        parser.error("--event-loop uvloop: uvloop is not installed (pip install uvloop)")
+    if s.frontend == "native":
+        native = _native_transport()
+        if not native.available():
+            parser.error(f"--frontend native: the native transport is not built ({native.IMPORT_ERROR}); "
+                         f"{native.HOW_TO_BUILD}, or use --frontend python")
+    if s.workers < 1:
         parser.error("--workers must be at least 1")
-    if args.workers > 1 and args.port == 0:
+    if s.workers > 1 and s.port == 0:
         parser.error("--workers needs a fixed --port (the workers share it)")
-    if args.max_message_mb < 1:
+    if s.http_port and s.http_port == s.port:  # http_port 0 is off, not "any free port"
+        parser.error("--http-port and --port must differ")
+    if s.max_message_mb < 1:
         parser.error("--max-message-mb must be at least 1")
-    token = _secret(parser, "--token", args.token, args.token_file)
-    admin_token = _secret(parser, "--admin-token", args.admin_token, args.admin_token_file)
-    if admin_token and args.model_control_mode != "explicit":
+    if s.admin_token and s.model_control_mode != "explicit":
         parser.error("--admin-token guards RepositoryModelLoad/Unload: it needs --model-control-mode explicit")
-    if args.model_control_mode == "explicit" and args.poll_seconds > 0:
+    if s.model_control_mode == "explicit" and s.poll_seconds > 0:
         # The poller would load again what an operator unloaded: one of the two decides what is served.
         parser.error("--model-control-mode explicit and --poll-seconds exclude each other: choose one")
-    if args.model_control_mode == "explicit" and args.workers > 1:
+    if s.model_control_mode == "explicit" and s.workers > 1:
         # A load or unload reaches the one worker its connection landed on; the others would differ.
         parser.error("--model-control-mode explicit needs --workers 1 (a load or unload reaches one worker only)")
-    optional_path = lambda value: Path(value) if value else None
-    return ServerSettings(
-        model_repository=Path(args.model_repository),
-        host=args.host,
-        port=args.port,
-        backend=args.backend,
-        device=args.device,
-        max_message_mb=args.max_message_mb,
-        metrics_port=args.metrics_port,
-        instances=args.instances,
-        intra_op_threads=args.intra_op_threads,
-        execution=args.execution,
-        workers=args.workers,
-        event_loop=args.event_loop,
-        frontend=args.frontend,
-        batching=args.batching,
-        max_queue_delay_ms=args.max_queue_delay_ms,
-        max_queue_size=args.max_queue_size,
-        strict_readiness=args.strict_readiness,
-        poll_seconds=args.poll_seconds,
-        grace_seconds=args.grace_seconds,
-        tls_cert=optional_path(args.tls_cert),
-        tls_key=optional_path(args.tls_key),
-        tls_client_ca=optional_path(args.tls_client_ca),
-        token=token,
-        model_control_mode=args.model_control_mode,
-        admin_token=admin_token,
-        log_level=args.log_level,
-    )
+    return s

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimo.serving.server import ServerThread
+from mimo.serving.app import ServerThread
 from mimo.serving.settings import ServerSettings
 
 # Small sizes keep the session export short: Xception at its smallest input, one epoch.
@@ -16,8 +16,9 @@ MODELS = ["mlp", "qa", "posts", "similarity", "dual_camera", "clothing_price", "
 
 
 def server_settings(repository: Path, **overrides) -> ServerSettings:
+    # HTTP port 0 means off: the REST front ends get a free port of their own.
     values = dict(model_repository=Path(repository), host="127.0.0.1", port=0, metrics_port=0,
-                  grace_seconds=5.0)
+                  http_port=free_port(), grace_seconds=5.0)
     values.update(overrides)
     return ServerSettings(**values)
 

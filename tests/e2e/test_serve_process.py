@@ -119,7 +119,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(served, exported_rep
     output = process.stdout.read()
     assert "draining" in output
     # The defaults this ran with: the native transport when it is built, uvloop (the server extra).
-    from mimo.serving import native_server
+    from mimo.serving.transports import native as native_server
 
     assert ("gRPC frontend: native" if native_server.available() else "gRPC frontend: python") in output
     assert "event loop: uvloop" in output

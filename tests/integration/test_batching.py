@@ -306,7 +306,7 @@ def test_padding_batches_different_lengths_exactly(tmp_path, padding):
 
 def test_padding_is_ignored_when_an_output_has_a_sequence_axis():
     from mimo.protos.repository import ModelSpec
-    from mimo.serving.registry import padding_of
+    from mimo.serving.core.registry import padding_of
 
     document = {
         "name": "m",
@@ -344,8 +344,8 @@ class _FakeBackend:
 
 
 def _scheduler(backend, **options):
-    from mimo.serving.scheduler import Scheduler, SchedulerOptions
-    from mimo.serving.statistics import ModelStats
+    from mimo.serving.core.scheduler import Scheduler, SchedulerOptions
+    from mimo.serving.core.statistics import ModelStats
 
     return Scheduler(backend, ModelStats("fake", "1"), SchedulerOptions(**options), "fake")
 
@@ -362,7 +362,7 @@ def test_scheduler_drops_a_request_whose_deadline_passed_while_queued():
         await asyncio.sleep(0.2)  # its deadline passes while it waits for the slot
         backend.gate.set()
         np.testing.assert_array_equal((await first)["y"], 2 * np.ones((1, 2)))
-        from mimo.serving.errors import DeadlineExceeded
+        from mimo.serving.core.errors import DeadlineExceeded
 
         with pytest.raises(DeadlineExceeded):
             await late
@@ -390,7 +390,7 @@ def test_scheduler_isolates_a_failing_request(execution):
 
     calls, results = asyncio.run(scenario())
     assert calls == [1, 3, 1, 1, 1]  # the batch of three fails, then each of them runs alone
-    from mimo.serving.errors import BackendFailure
+    from mimo.serving.core.errors import BackendFailure
 
     assert isinstance(results[2], BackendFailure)
     for i, value in ((0, 5.0), (1, 1.0), (3, 3.0)):

@@ -27,7 +27,7 @@ from mimo.protos import grpc_service_pb2_grpc as pb_grpc
 from mimo.protos import tf_framework_pb2 as tfpb
 from mimo.protos import tf_serving_pb2 as tfs
 from mimo.protos import tf_serving_pb2_grpc as tfs_grpc
-from mimo.serving import native_server
+from mimo.serving.transports import native as native_server
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 PREDICT = "/tensorflow.serving.PredictionService/Predict"

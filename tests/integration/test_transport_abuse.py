@@ -42,7 +42,7 @@ from helpers import free_port, sample_inputs
 from mimo.protos import codec
 from mimo.protos import grpc_service_pb2 as pb
 from mimo.protos import grpc_service_pb2_grpc as pb_grpc
-from mimo.serving import native_server
+from mimo.serving.transports import native as native_server
 
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS / "e2e") not in sys.path:  # the e2e modules import each other as top-level modules

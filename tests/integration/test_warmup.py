@@ -75,8 +75,8 @@ def test_a_version_that_fails_its_warm_up_never_takes_over(exported_repo, qa_rep
 def test_answers_that_contradict_the_contract_are_refused(exported_repo):
     """The warm-up checks the answer's dtype and fixed dims against model.json, not only that it runs."""
     from mimo.protos.repository import ModelSpec
-    from mimo.serving.errors import Unavailable
-    from mimo.serving.loader import warm_up
+    from mimo.serving.core.errors import Unavailable
+    from mimo.serving.core.loader import warm_up
 
     document = {"name": "m", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
                 "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],

@@ -55,7 +55,7 @@ def test_without_rust_the_wheel_is_pure_and_serves_on_grpc_aio(tmp_path):
     # grpcio and numpy from this environment's site-packages (which holds no `mimo` folder: ours is editable)
     site = next(p for p in sys.path if p.endswith("site-packages"))
     result = subprocess.run(
-        [str(python), "-P", "-c", "from mimo.serving import native_server as n; print(n.__file__, n.available())"],
+        [str(python), "-P", "-c", "from mimo.serving.transports import native as n; print(n.__file__, n.available())"],
         capture_output=True, text=True, cwd=tmp_path, timeout=60, env={**os.environ, "PYTHONPATH": site})
     assert result.returncode == 0, result.stderr
     assert str(env_dir) in result.stdout and result.stdout.strip().endswith("False")

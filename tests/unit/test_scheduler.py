@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from mimo.serving.backends.base import Backend
-from mimo.serving.errors import DeadlineExceeded
-from mimo.serving.scheduler import IDLE_INLINE_MAX_NS, Scheduler, SchedulerOptions
-from mimo.serving.statistics import ModelStats
+from mimo.serving.core.backends.base import Backend
+from mimo.serving.core.errors import DeadlineExceeded
+from mimo.serving.core.scheduler import IDLE_INLINE_MAX_NS, Scheduler, SchedulerOptions
+from mimo.serving.core.statistics import ModelStats
 
 
 class Counting(Backend):

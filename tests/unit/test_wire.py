@@ -9,7 +9,8 @@ from mimo.protos import grpc_service_pb2 as pb
 from mimo.protos import tf_framework_pb2 as tfpb
 from mimo.protos import tf_serving_pb2 as tfs
 from mimo.protos.wire import typed_bytes
-from mimo.serving.errors import MAX_TYPED_BYTES, InvalidArgument, parse_request
+from mimo.serving.core.errors import InvalidArgument
+from mimo.serving.frontends.grpc_status import MAX_TYPED_BYTES, parse_request
 
 
 def kserve(typed: int, raw: int) -> pb.ModelInferRequest:

@@ -12,7 +12,7 @@ import numpy as np
 
 from mimo.protos.contract import DEFAULT_SIGNATURE
 from mimo.protos.repository import ModelSpec
-from mimo.serving.errors import InvalidArgument
+from mimo.serving.core.errors import InvalidArgument
 
 __all__ = ["DEFAULT_SIGNATURE", "validate_request"]
 

@@ -6,16 +6,15 @@ Wire-compatible with tensorflow-serving-api clients: Predict with `signature_nam
 
 from __future__ import annotations
 
-import grpc
-
 from mimo.protos import codec
 from mimo.protos import tf_error_codes_pb2 as tf_errors
 from mimo.protos import tf_serving_pb2 as tfs
 from mimo.protos import tf_serving_pb2_grpc as tfs_grpc
 from mimo.protos.dtypes import datatype_to_tf
-from mimo.serving.errors import InvalidArgument, NotFound, status_for
-from mimo.serving.inference import infer
-from mimo.serving.registry import LOADING, READY, UNAVAILABLE, UNLOADING, Registry
+from mimo.serving.core.core import Core
+from mimo.serving.core.errors import InvalidArgument, NotFound
+from mimo.serving.core.registry import LOADING, READY, UNAVAILABLE, UNLOADING
+from mimo.serving.frontends.grpc_status import abort
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 VERSION_STATES = {
@@ -35,36 +34,34 @@ def _version(spec) -> str:
 
 
 class PredictionServicer(tfs_grpc.PredictionServiceServicer):
-    def __init__(self, registry: Registry):
-        self.registry = registry
+    def __init__(self, core: Core):
+        self.core = core
 
     async def Predict(self, request, context):
         try:
             # One typed value broadcasts to the whole shape: no larger than a raw request could be.
-            inputs = codec.decode_predict_request(request, self.registry.settings.max_message_bytes)
+            inputs = codec.decode_predict_request(request, self.core.settings.max_message_bytes)
             spec = request.model_spec
-            served, outputs = await infer(
-                self.registry, spec.name, _version(spec), inputs, list(request.output_filter),
-                spec.signature_name, context.time_remaining(),
-            )
+            result = await self.core.infer(spec.name, _version(spec), inputs, list(request.output_filter),
+                                           spec.signature_name, context.time_remaining())
             return codec.encode_predict_response(
-                outputs, served.name, served.version, spec.signature_name or "serving_default"
+                result.outputs, result.model, result.version, spec.signature_name or "serving_default"
             )
         except Exception as exc:  # noqa: BLE001
-            await context.abort(*status_for(exc))
+            await abort(context, exc)
 
     async def GetModelMetadata(self, request, context):
         try:
             fields = list(request.metadata_field) or ["signature_def"]
             if fields != ["signature_def"]:
                 raise InvalidArgument(f"unsupported metadata_field {fields}; only 'signature_def'")
-            served = self.registry.get(request.model_spec.name, _version(request.model_spec))
+            info = self.core.model(request.model_spec.name, _version(request.model_spec))
         except Exception as exc:  # noqa: BLE001
-            await context.abort(*status_for(exc))
+            await abort(context, exc)
         response = tfs.GetModelMetadataResponse()
-        response.model_spec.name = served.name
-        response.model_spec.version.value = served.version
-        response.metadata["signature_def"].Pack(signature_defs(served.spec))
+        response.model_spec.name = info.name
+        response.model_spec.version.value = info.version
+        response.metadata["signature_def"].Pack(signature_defs(info.spec))
         return response
 
 
@@ -85,30 +82,25 @@ def signature_defs(spec) -> tfs.SignatureDefMap:
 
 
 class ModelStatusServicer(tfs_grpc.ModelServiceServicer):
-    def __init__(self, registry: Registry):
-        self.registry = registry
+    def __init__(self, core: Core):
+        self.core = core
 
     async def GetModelStatus(self, request, context):
-        name = request.model_spec.name
-        entry = self.registry.models.get(name)
-        if entry is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model '{name}'")
         wanted = request.model_spec.version.value if request.model_spec.HasField("version") else None
+        try:
+            found = self.core.versions(request.model_spec.name, wanted)
+        except Exception as exc:  # noqa: BLE001
+            await abort(context, exc)
         response = tfs.GetModelStatusResponse()
-        for number, mv in sorted(entry.versions.items()):
-            if wanted is not None and number != wanted:
-                continue
-            status = response.model_version_status.add(version=number, state=VERSION_STATES[mv.state])
-            status.status.error_code = tf_errors.OK if mv.state == READY else tf_errors.UNAVAILABLE
-            status.status.error_message = mv.reason
-        if wanted is not None and not response.model_version_status:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"model '{name}' has no version {wanted}")
+        for version in found:
+            status = response.model_version_status.add(version=version.version, state=VERSION_STATES[version.state])
+            status.status.error_code = tf_errors.OK if version.state == READY else tf_errors.UNAVAILABLE
+            status.status.error_message = version.reason
         return response
 
 
-def add_tf_serving(server, registry: Registry) -> list[str]:
+def add_tf_serving(server, core: Core) -> list[str]:
     """Register both TF Serving services; returns their names for reflection."""
-    tfs_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(registry), server)
-    tfs_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(registry), server)
+    tfs_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(core), server)
+    tfs_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(core), server)
     return [service.full_name for service in tfs.DESCRIPTOR.services_by_name.values()]
-

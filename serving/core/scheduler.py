@@ -45,9 +45,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mimo.serving.backends import Backend
-from mimo.serving.errors import BackendFailure, DeadlineExceeded, ResourceExhausted, Unavailable, log
-from mimo.serving.statistics import ModelStats
+from mimo.serving.core.backends import Backend
+from mimo.serving.core.errors import BackendFailure, DeadlineExceeded, ResourceExhausted, Unavailable, log
+from mimo.serving.core.statistics import ModelStats
 
 EXECUTION_MODES = ("auto", "inline", "thread")
 # A request runs at once, without queueing, when the model is idle: nothing queued or running,

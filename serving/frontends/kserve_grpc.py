@@ -9,66 +9,60 @@ from __future__ import annotations
 import asyncio
 import json
 
-import grpc
-
-from mimo import __version__
 from mimo.protos import codec
 from mimo.protos import grpc_service_pb2 as pb
 from mimo.protos import grpc_service_pb2_grpc as pb_grpc
 from mimo.protos import model_config_pb2 as mc
 from mimo.protos.dtypes import datatype_to_triton
-from mimo.serving.errors import InvalidArgument, ServingError, status_for
-from mimo.serving.inference import infer
-from mimo.serving.registry import Registry
-from mimo.serving.security import ModelControl
+from mimo.serving.core.control import authorization_of
+from mimo.serving.core.core import Core, ModelInfo
+from mimo.serving.core.errors import InvalidArgument
+from mimo.serving.frontends.grpc_status import abort, grpc_status
 
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "model_configuration", "schedule_policy"]
 STREAM_WINDOW = 128  # requests in flight per stream; responses still leave in request order
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, registry: Registry, readiness, control: ModelControl):
-        self.registry = registry
-        self.readiness = readiness  # () -> bool, owned by the server (loading, draining)
-        self.control = control  # who may load and unload models
+    def __init__(self, core: Core):
+        self.core = core
 
     # -- health-like --------------------------------------------------------------------------
 
     async def ServerLive(self, request, context):
-        return pb.ServerLiveResponse(live=True)
+        return pb.ServerLiveResponse(live=self.core.live())
 
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.readiness())
+        return pb.ServerReadyResponse(ready=self.core.ready())
 
     async def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=self.registry.is_model_ready(request.name, request.version))
+        return pb.ModelReadyResponse(ready=self.core.model_ready(request.name, request.version))
 
     # -- metadata -----------------------------------------------------------------------------
 
     async def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name="mimo", version=__version__, extensions=EXTENSIONS)
+        info = self.core.server_info()
+        return pb.ServerMetadataResponse(name=info.name, version=info.version, extensions=info.extensions)
 
     async def ModelMetadata(self, request, context):
         try:
-            served = self.registry.get(request.name, request.version)
-        except ServingError as exc:
-            await _abort(context, exc)
-        entry = self.registry.models[request.name]
+            info = self.core.model(request.name, request.version)
+        except Exception as exc:  # noqa: BLE001
+            await abort(context, exc)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
-            name=served.name,
-            versions=[str(v) for v, mv in sorted(entry.versions.items()) if mv.state == "READY"],
-            platform=served.backend.platform,
-            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in served.spec.inputs],
-            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in served.spec.outputs],
+            name=info.name,
+            versions=[str(v) for v in info.ready_versions],
+            platform=info.platform,
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in info.spec.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in info.spec.outputs],
         )
 
     async def ModelConfig(self, request, context):
         try:
-            served = self.registry.get(request.name, request.version)
-        except ServingError as exc:
-            await _abort(context, exc)
-        return pb.ModelConfigResponse(config=model_config(served))
+            info = self.core.model(request.name, request.version)
+        except Exception as exc:  # noqa: BLE001
+            await abort(context, exc)
+        return pb.ModelConfigResponse(config=model_config(info))
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -76,7 +70,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return await self._infer(request, context.time_remaining())
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
-            await _abort(context, exc)
+            await abort(context, exc)
 
     async def ModelStreamInfer(self, request_iterator, context):
         # Read ahead and run several requests at once, but answer strictly in request order; an
@@ -102,7 +96,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return pb.ModelStreamInferResponse(infer_response=await self._infer(request, None))
         except Exception as exc:  # noqa: BLE001
-            code, message = status_for(exc)
+            code, message = grpc_status(exc)
             response = pb.ModelStreamInferResponse(
                 error_message=message,
                 infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
@@ -118,62 +112,44 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             signature = request.parameters["signature_name"].string_param
             if not signature:
                 raise InvalidArgument("parameter 'signature_name' must be a non-empty string")
-        served, outputs = await infer(
-            self.registry, request.model_name, request.model_version, inputs,
-            codec.requested_outputs(request), signature, timeout,
+        result = await self.core.infer(
+            request.model_name, request.model_version, inputs, codec.requested_outputs(request), signature, timeout
         )
-        raw = _wants_raw(request)
-        return codec.encode_infer_response(
-            served.name, outputs, served.version, request.id, raw=raw
-        )
+        return codec.encode_infer_response(result.model, result.outputs, result.version, request.id,
+                                           raw=_wants_raw(request))
 
     # -- statistics and repository ------------------------------------------------------------
 
     async def ModelStatistics(self, request, context):
-        versions = []
-        for name, entry in self.registry.models.items():
-            if request.name and name != request.name:
-                continue
-            for number, mv in sorted(entry.versions.items()):
-                if request.version and str(number) != request.version:
-                    continue
-                if mv.stats is not None:
-                    versions.append(statistics_message(mv.stats))
-        if request.name and not versions and request.name not in self.registry.models:
-            await _abort(context, ServingError(f"unknown model '{request.name}'"), grpc.StatusCode.NOT_FOUND)
-        return pb.ModelStatisticsResponse(model_stats=versions)
+        try:
+            found = self.core.statistics(request.name, request.version)
+        except Exception as exc:  # noqa: BLE001
+            await abort(context, exc)
+        return pb.ModelStatisticsResponse(model_stats=[statistics_message(stats) for stats in found])
 
     async def RepositoryIndex(self, request, context):
         index = pb.RepositoryIndexResponse.ModelIndex
-        models = []
-        for name, entry in sorted(self.registry.models.items()):
-            for number, mv in sorted(entry.versions.items()):
-                if request.ready and mv.state != "READY":
-                    continue
-                models.append(index(name=name, version=str(number), state=mv.state, reason=mv.reason))
-            # A model that cannot be served at all (or serves stale versions) says why, without a version.
-            if (entry.reason or not entry.versions) and not request.ready:
-                models.append(index(name=name, state="UNAVAILABLE", reason=entry.reason or "no version loaded"))
-        return pb.RepositoryIndexResponse(models=models)
+        return pb.RepositoryIndexResponse(models=[
+            index(name=v.model, version="" if v.version is None else str(v.version), state=v.state, reason=v.reason)
+            for v in self.core.index(request.ready)
+        ])
 
     async def RepositoryModelLoad(self, request, context):
         try:
-            self.control.check(context.invocation_metadata())
             if request.parameters:
                 # Triton's "config" and "file:<path>" overrides would load what the repository does not hold.
                 raise InvalidArgument(f"RepositoryModelLoad parameters ({', '.join(sorted(request.parameters))}) "
                                       "are not supported: mimo loads a model's folder as the repository holds it")
-            await self.registry.load_model(request.model_name)
-        except ServingError as exc:
-            await _abort(context, exc)
+            await self.core.load(request.model_name, authorization_of(context.invocation_metadata()))
+        except Exception as exc:  # noqa: BLE001
+            await abort(context, exc)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request, context):
         try:
-            self.control.check(context.invocation_metadata())
-            await self.registry.unload_model(request.model_name)
-        except ServingError as exc:
-            await _abort(context, exc)
+            await self.core.unload(request.model_name, authorization_of(context.invocation_metadata()))
+        except Exception as exc:  # noqa: BLE001
+            await abort(context, exc)
         return pb.RepositoryModelUnloadResponse()
 
 
@@ -182,22 +158,23 @@ def _wants_raw(request) -> bool:
     return bool(request.raw_input_contents) or not request.inputs
 
 
-def model_config(served) -> mc.ModelConfig:
-    """The subset of Triton's ModelConfig that tritonclient and perf_analyzer read."""
-    spec = served.spec
+def model_config(info: ModelInfo) -> mc.ModelConfig:
+    """The subset of Triton's ModelConfig that tritonclient and perf_analyzer read (the REST
+    front end sends the same message as JSON)."""
+    spec = info.spec
     batched = spec.max_batch_size > 0
     dims = lambda shape: list(shape[1:] if batched else shape)
     config = mc.ModelConfig(
         name=spec.name,
-        platform=served.backend.platform,
-        backend=served.backend_kind,
+        platform=info.platform,
+        backend=info.backend,
         max_batch_size=spec.max_batch_size,
         input=[mc.ModelInput(name=t.name, data_type=datatype_to_triton(t.datatype), dims=dims(t.shape))
                for t in spec.inputs],
         output=[mc.ModelOutput(name=t.name, data_type=datatype_to_triton(t.datatype), dims=dims(t.shape))
                 for t in spec.outputs],
     )
-    options = served.scheduler.options
+    options = info.scheduling
     if options.batching:
         config.dynamic_batching.max_queue_delay_microseconds = int(options.max_queue_delay_s * 1e6)
         config.dynamic_batching.default_queue_policy.max_queue_size = options.max_queue_size
@@ -214,28 +191,22 @@ def model_config(served) -> mc.ModelConfig:
 
 def statistics_message(stats) -> pb.ModelStatistics:
     duration = lambda d: pb.StatisticDuration(count=d.count, ns=d.ns)
-    with stats.lock:
-        return pb.ModelStatistics(
-            name=stats.model,
-            version=stats.version,
-            last_inference=stats.last_inference_ms,
-            inference_count=stats.inference_count,
-            execution_count=stats.execution_count,
-            inference_stats=pb.InferStatistics(
-                success=duration(stats.success),
-                fail=duration(stats.fail),
-                queue=duration(stats.queue),
-                compute_input=duration(stats.compute_input),
-                compute_infer=duration(stats.compute_infer),
-                compute_output=duration(stats.compute_output),
-            ),
-            batch_stats=[
-                pb.InferBatchStatistics(batch_size=size, compute_infer=duration(d))
-                for size, d in sorted(stats.batches.items())
-            ],
-        )
-
-
-async def _abort(context, exc: BaseException, code: grpc.StatusCode | None = None):
-    status, message = status_for(exc)
-    await context.abort(code or status, message)
+    return pb.ModelStatistics(
+        name=stats.model,
+        version=stats.version,
+        last_inference=stats.last_inference_ms,
+        inference_count=stats.inference_count,
+        execution_count=stats.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=duration(stats.success),
+            fail=duration(stats.fail),
+            queue=duration(stats.queue),
+            compute_input=duration(stats.compute_input),
+            compute_infer=duration(stats.compute_infer),
+            compute_output=duration(stats.compute_output),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(batch_size=size, compute_infer=duration(d))
+            for size, d in sorted(stats.batches.items())
+        ],
+    )

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mimo.serving.backends.base import Backend, BackendOptions
+from mimo.serving.core.backends.base import Backend, BackendOptions
 
 BACKEND_FORMATS = {"onnxruntime": "onnx", "tensorflow": "savedmodel"}  # backend -> the file format it loads
 
 
 def create_backend(kind: str, version_dir: Path, options: BackendOptions) -> Backend:
     if kind == "onnxruntime":
-        from mimo.serving.backends.onnxruntime_backend import OnnxRuntimeBackend
+        from mimo.serving.core.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(version_dir, options)
     if kind == "tensorflow":
-        from mimo.serving.backends.tensorflow_backend import TensorFlowBackend
+        from mimo.serving.core.backends.tensorflow_backend import TensorFlowBackend
 
         return TensorFlowBackend(version_dir, options)
     raise ValueError(f"unknown backend {kind!r}")

@@ -24,12 +24,12 @@ from mimo.protos.repository import (
     read_model_document,
     version_dirs,
 )
-from mimo.serving.backends import Backend, BackendOptions
-from mimo.serving.errors import InvalidArgument, NotFound, PermissionDenied, ServingError, Unavailable
-from mimo.serving.loader import choose_backend, describe_contract, load_version
-from mimo.serving.scheduler import Scheduler, SchedulerOptions
+from mimo.serving.core.backends import Backend, BackendOptions
+from mimo.serving.core.errors import InvalidArgument, NotFound, PermissionDenied, ServingError, Unavailable
+from mimo.serving.core.loader import choose_backend, describe_contract, load_version
+from mimo.serving.core.scheduler import Scheduler, SchedulerOptions
 from mimo.serving.settings import ServerSettings
-from mimo.serving.statistics import ModelStats
+from mimo.serving.core.statistics import ModelStats
 
 log = logging.getLogger("mimo.serving")
 

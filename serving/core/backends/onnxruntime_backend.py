@@ -9,7 +9,7 @@ import onnxruntime as ort
 
 from mimo.protos.model_files import describe_onnx_session
 from mimo.protos.repository import ONNX_FILE
-from mimo.serving.backends.base import DEFAULT_SIGNATURE, Backend
+from mimo.serving.core.backends.base import DEFAULT_SIGNATURE, Backend
 
 # A server has no business phoning home, and a read-only container cannot persist the device id.
 ort.disable_telemetry_events()

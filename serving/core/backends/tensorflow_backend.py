@@ -9,7 +9,7 @@ import numpy as np
 
 from mimo.protos.model_files import describe_signatures
 from mimo.protos.repository import SAVEDMODEL_DIR
-from mimo.serving.backends.base import DEFAULT_SIGNATURE, Backend
+from mimo.serving.core.backends.base import DEFAULT_SIGNATURE, Backend
 
 _configure_lock = threading.Lock()
 _configured = False

@@ -21,7 +21,10 @@ from typing import NamedTuple
 
 import grpc
 
-from mimo.serving.errors import NO_REQUEST_MESSAGE, ServingError, parse_request
+from mimo.serving.core.errors import NO_REQUEST_MESSAGE, ServingError
+from mimo.serving.frontends.grpc_status import GRPC_CODES, parse_request
+from mimo.serving.transports.base import HttpHandler, HttpRequest, HttpResponse
+from mimo.serving.transports.tls import TlsMaterial
 
 try:
     from mimo.serving import _transport as native
@@ -180,6 +183,7 @@ class NativeServer:
         self._registered: dict[str, grpc.RpcMethodHandler] = {}
         self._generic: list[grpc.GenericRpcHandler] = []
         self._transport = None
+        self._http_handler: HttpHandler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: dict[int, asyncio.Task] = {}
         self._streams: dict[int, _RequestStream] = {}
@@ -195,30 +199,41 @@ class NativeServer:
         for name, handler in handlers.items():
             self._registered[f"/{service}/{name}"] = handler
 
-    def add_insecure_port(self, address: str) -> int:
-        return self._listen(address)
-
-    def add_tls_port(self, address: str, key: bytes, cert: bytes, client_ca: bytes | None) -> int:
-        return self._listen(address, key.decode(), cert.decode(), (client_ca or b"").decode())
-
-    def _listen(self, address: str, key: str = "", cert: str = "", client_ca: str = "") -> int:
+    def listen(self, address: str, tls: TlsMaterial | None) -> int:
+        """gRPC on `address`; register every service first (unary methods are told apart here)."""
         if self._transport is not None:
-            raise RuntimeError("the native server listens on one address")
+            raise RuntimeError("the native server listens for gRPC on one address, before HTTP")
+        return self._start_port(self._make_transport(address, tls).start)
+
+    def listen_http(self, address: str, tls: TlsMaterial | None, handler: HttpHandler) -> int:
+        """HTTP/1.1 and h2c (or TLS, the same material as gRPC's) on `address`, through the same
+        transport threads and event queue as gRPC; each request goes to `handler` whole."""
+        if self._http_handler is not None:
+            raise RuntimeError("the native server listens for HTTP on one address")
+        transport = self._transport or self._make_transport("", tls)
+        self._http_handler = handler
+        return self._start_port(lambda: transport.start_http(address))
+
+    def _make_transport(self, address: str, tls: TlsMaterial | None):
         # Unary methods arrive as one event carrying their request; the others as a stream.
         unary = {m for m, h in self._registered.items() if not (h.request_streaming or h.response_streaming)}
+        key, cert, client_ca = ("", "", "") if tls is None else (
+            tls.key.decode(), tls.cert.decode(), (tls.client_ca or b"").decode())
         self._transport = native.Transport(address, self._max_message_bytes, unary, STREAM_WINDOW, key, cert, client_ca,
                                            threads=TRANSPORT_THREADS)
+        return self._transport
+
+    def _start_port(self, start) -> int:
         try:
-            return self._transport.start()
+            return start()
         except RuntimeError as exc:
-            self._transport = None
             raise OSError(str(exc)) from exc
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         if self._transport is None:
-            raise RuntimeError("no port: call add_insecure_port or add_tls_port first")
+            raise RuntimeError("no port: call listen or listen_http first")
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._transport.fileno(), self._on_events)
         self._on_events()  # calls that arrived between listening and now
@@ -254,6 +269,8 @@ class NativeServer:
     def _dispatch(self, transport, kind, call, method, payload, metadata, timeout, peer) -> None:
         if kind == native.UNARY:
             self._tasks[call] = self._loop.create_task(self._unary(call, method, payload, metadata, timeout, peer))
+        elif kind == native.HTTP:
+            self._tasks[call] = self._loop.create_task(self._http(call, method, payload, metadata, peer))
         elif kind == native.MESSAGE:
             stream = self._streams.get(call)
             if stream is not None:
@@ -351,6 +368,20 @@ class NativeServer:
             self._writable.pop(call, None)
             self._tasks.pop(call, None)
 
+    async def _http(self, call: int, method: str, body: bytes, metadata: tuple, peer: str) -> None:
+        """One HTTP request: metadata is (":path", target) then the headers, lower-cased."""
+        try:
+            request = HttpRequest(method, metadata[0][1], metadata[1:], body, peer)
+            response = await self._http_handler(request)
+        except asyncio.CancelledError:  # the client went away, or the server is stopping
+            response = HttpResponse(503, b'{"error": "the server is shutting down"}')
+        except Exception:  # noqa: BLE001 - the handler answers its own errors; this is a bug
+            log.exception("unexpected error answering HTTP %s", method)
+            response = HttpResponse(500, b'{"error": "internal error"}', [("content-type", "application/json")])
+        finally:
+            self._tasks.pop(call, None)
+        self._transport.respond(call, response.status, response.headers, response.body)
+
     async def _send(self, call: int, payload: bytes) -> None:
         """One response message of a stream; when the client is not reading and the unsent ones
         pass the transport's limit, wait until it reads (back-pressure up to the handler)."""
@@ -380,4 +411,4 @@ def _parse(deserialize, payload: bytes, what: str = "the request message"):
     try:
         return parse_request(deserialize, payload, what)
     except ServingError as exc:
-        raise _Abort(exc.code, exc.message) from None
+        raise _Abort(GRPC_CODES[exc.code], exc.message) from None

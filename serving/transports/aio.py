@@ -1,10 +1,10 @@
-"""grpc.aio: bad request bytes are the client's error, answered as the native transport answers.
+"""The grpc.aio transport: the pure-Python fallback when the native one is not built.
 
 grpc.aio parses a request before the handler runs: bytes that do not parse end as UNKNOWN with a
 logged traceback each, and a unary call whose client half-closes without a message is never
-answered (it hangs until its deadline). This interceptor hands every handler its request as bytes
+answered (it hangs until its deadline). `RequestParsing` hands every handler its request as bytes
 through a request stream, and parses them itself: a missing message or bad bytes end as
-INVALID_ARGUMENT with a short message, and nothing is logged.
+INVALID_ARGUMENT with a short message, and nothing is logged, as on the native transport.
 """
 
 from __future__ import annotations
@@ -13,7 +13,48 @@ import inspect
 
 import grpc
 
-from mimo.serving.errors import NO_REQUEST_MESSAGE, InvalidArgument, ServingError, parse_request, status_for
+from mimo.serving.core.errors import NO_REQUEST_MESSAGE, InvalidArgument, ServingError
+from mimo.serving.frontends.grpc_status import abort, parse_request
+from mimo.serving.transports.tls import TlsMaterial
+
+
+class AioServer:
+    """A grpc.aio.Server behind the transport interface (transports/base.py)."""
+
+    def __init__(self, *, interceptors=(), max_message_bytes: int):
+        self._server = grpc.aio.server(
+            interceptors=[*interceptors, RequestParsing()],  # innermost: it wraps the method's handler
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.so_reuseport", 1),
+            ],
+        )
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self._server.add_registered_method_handlers(service, handlers)
+
+    def listen(self, address: str, tls: TlsMaterial | None) -> int:
+        if tls is None:
+            return self._server.add_insecure_port(address)
+        if tls.client_ca:
+            credentials = grpc.ssl_server_credentials([(tls.key, tls.cert)], root_certificates=tls.client_ca,
+                                                      require_client_auth=True)
+        else:
+            credentials = grpc.ssl_server_credentials([(tls.key, tls.cert)])
+        return self._server.add_secure_port(address, credentials)
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return await self._server.wait_for_termination(timeout)
 
 
 class RequestParsing(grpc.aio.ServerInterceptor):
@@ -38,7 +79,7 @@ def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     async def one(requests, context):
         async for payload in requests:
             return await _parse(parse, payload, context, "the request message")
-        await _abort(context, InvalidArgument(NO_REQUEST_MESSAGE))
+        await abort(context, InvalidArgument(NO_REQUEST_MESSAGE))
 
     async def each(requests, context):
         async for payload in requests:
@@ -68,8 +109,4 @@ async def _parse(parse, payload: bytes, context, what: str):
     try:
         return parse_request(parse, payload, what)
     except ServingError as exc:
-        await _abort(context, exc)
-
-
-async def _abort(context, exc: ServingError):
-    await context.abort(*status_for(exc))
+        await abort(context, exc)

@@ -28,9 +28,9 @@ from mimo.protos.repository import (
     check_version_layout,
     present_formats,
 )
-from mimo.serving.backends import BACKEND_FORMATS, Backend, BackendOptions, create_backend
-from mimo.serving.backends.base import DEFAULT_SIGNATURE
-from mimo.serving.errors import Unavailable
+from mimo.serving.core.backends import BACKEND_FORMATS, Backend, BackendOptions, create_backend
+from mimo.serving.core.backends.base import DEFAULT_SIGNATURE
+from mimo.serving.core.errors import Unavailable
 
 
 WARMUP_RUNS = 2  # the second run of ONNX Runtime is still slower than the steady state

@@ -1,0 +1,123 @@
+"""The HTTP front end: one handler for the HTTP transport, routing each request to KServe v2 REST
+(`/v2/...`) or TensorFlow Serving REST (`/v1/...`), with the bearer token checked as on gRPC.
+
+Health (`/v2/health/*`) stays open; model load/unload take the admin token when one is set. A
+path that is no endpoint is 404, a known path with the wrong method 405: never a 200.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from typing import Awaitable, Callable
+from urllib.parse import unquote
+
+from mimo.serving.core.control import bearer, bearer_matches
+from mimo.serving.core.core import Core
+from mimo.serving.core.errors import InvalidArgument, NotFound, Unauthenticated
+from mimo.serving.frontends import kserve_rest, tfserving_rest
+from mimo.serving.frontends.http_status import error_response
+from mimo.serving.settings import ServerSettings
+from mimo.serving.transports.base import HttpRequest, HttpResponse
+
+Endpoint = Callable[..., Awaitable[HttpResponse]]
+OPEN, TOKEN, ADMIN = "open", "token", "admin"  # who may call a route
+_NAME = r"(?P<model>[^/:]+)"
+_VERSION = r"(?:/versions/(?P<version>[^/:]+))?"
+
+
+class _Route:
+    def __init__(self, methods: str, pattern: str, endpoint: Endpoint, guard: str):
+        self.methods = methods.split()
+        self.pattern = re.compile(pattern + r"/?")
+        self.endpoint, self.guard = endpoint, guard
+
+
+def _routes(kserve: kserve_rest.KServeRest, tfs: tfserving_rest.TfServingRest) -> list[_Route]:
+    r = _Route
+    return [
+        r("GET", r"/v2/health/live", kserve.live, OPEN),
+        r("GET", r"/v2/health/ready", kserve.ready, OPEN),
+        r("GET", r"/v2", kserve.server_metadata, TOKEN),
+        r("GET", r"/v2/models/stats", kserve.statistics, TOKEN),
+        r("POST", r"/v2/repository/index", kserve.repository_index, TOKEN),
+        r("POST", rf"/v2/repository/models/{_NAME}/load", kserve.load, ADMIN),
+        r("POST", rf"/v2/repository/models/{_NAME}/unload", kserve.unload, ADMIN),
+        r("GET", rf"/v2/models/{_NAME}{_VERSION}", kserve.model_metadata, TOKEN),
+        r("GET", rf"/v2/models/{_NAME}{_VERSION}/ready", kserve.model_ready, TOKEN),
+        r("GET", rf"/v2/models/{_NAME}{_VERSION}/config", kserve.model_config, TOKEN),
+        r("GET", rf"/v2/models/{_NAME}{_VERSION}/stats", kserve.statistics, TOKEN),
+        r("POST", rf"/v2/models/{_NAME}{_VERSION}/infer", kserve.infer, TOKEN),
+        r("GET", rf"/v1/models/{_NAME}{_VERSION}", tfs.status, TOKEN),
+        r("GET", rf"/v1/models/{_NAME}{_VERSION}/metadata", tfs.metadata, TOKEN),
+        r("POST", rf"/v1/models/{_NAME}{_VERSION}:(?P<verb>[a-z]+)", tfs.call, TOKEN),
+    ]
+
+
+class HttpFrontEnd:
+    def __init__(self, core: Core, settings: ServerSettings):
+        self.max_body = settings.max_message_bytes
+        self._token = bearer(settings.token) if settings.token else None
+        # Load/unload: the admin token when there is one (the core checks it), else the token.
+        self._admin_by_core = bool(settings.admin_token)
+        self._routes = _routes(kserve_rest.KServeRest(core), tfserving_rest.TfServingRest(core))
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        try:
+            path = request.path.split("?", 1)[0]
+            route, match = self._find(request.method, path)
+            self._authorize(route.guard, request)
+            arguments = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
+            return await route.endpoint(_with_plain_body(request, self.max_body), **arguments)
+        except _MethodNotAllowed as exc:
+            response = error_response(InvalidArgument(str(exc)))
+            response.status = 405
+            response.headers.append(("allow", exc.allow))
+            return response
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status (bugs are logged there)
+            return error_response(exc)
+
+    def _find(self, method: str, path: str):
+        allowed = []
+        for route in self._routes:
+            match = route.pattern.fullmatch(path)
+            if match is None:
+                continue
+            if method in route.methods:
+                return route, match
+            allowed += route.methods
+        if allowed:
+            raise _MethodNotAllowed(f"{method} is not allowed on {path} (use {', '.join(allowed)})", ", ".join(allowed))
+        raise NotFound(f"no endpoint {path} on this server (KServe v2 REST under /v2, TensorFlow Serving REST "
+                       "under /v1/models)")
+
+    def _authorize(self, guard: str, request: HttpRequest) -> None:
+        if guard == OPEN or self._token is None or (guard == ADMIN and self._admin_by_core):
+            return
+        if not bearer_matches(request.header("authorization"), self._token):
+            raise Unauthenticated("missing or wrong bearer token (send the header 'Authorization: Bearer <token>')")
+
+
+class _MethodNotAllowed(Exception):
+    def __init__(self, message: str, allow: str):
+        super().__init__(message)
+        self.allow = allow
+
+
+def _with_plain_body(request: HttpRequest, limit: int) -> HttpRequest:
+    """The request with its body decompressed (gzip or deflate, as tritonclient.http can send),
+    never past `limit` bytes: a small compressed body cannot become a large one here."""
+    encoding = (request.header("content-encoding") or "identity").strip().lower()
+    if encoding == "identity" or not request.body:
+        return request
+    if encoding not in ("gzip", "deflate"):
+        raise InvalidArgument(f"unsupported Content-Encoding '{encoding}': send identity, gzip or deflate")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        body = inflater.decompress(request.body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidArgument(f"the {encoding} request body could not be decompressed: {exc}") from None
+    if len(body) > limit or inflater.unconsumed_tail:
+        raise InvalidArgument(f"the request body decompresses past the server's limit of {limit} bytes")
+    headers = tuple((k, v) for k, v in request.headers if k not in ("content-encoding", "content-length"))
+    return HttpRequest(request.method, request.path, headers, body, request.peer)

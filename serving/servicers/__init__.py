@@ -1,1 +1,0 @@
-"""Protocol front ends: each decodes its requests, calls mimo.serving.inference, encodes replies."""
