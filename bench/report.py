@@ -72,6 +72,7 @@ def markdown(document: dict) -> str:
     ]
     lines += _goals(rows)
     lines += _floor_ort(document.get("floor_ort") or {})
+    lines += _http(rows)
     lines += _main_table(rows)
     if document.get("padding"):
         lines += _padding(rows, document["padding"])
@@ -144,6 +145,30 @@ def _goals(rows: Rows) -> list[str]:
         on_off = f"{on['p50_ms'] / off['p50_ms']:.3f}" if on and off else "-"
         out.append(f"| {model} | {_fmt(floor and floor['p50_ms'], 3)} | {_fmt(on and on['p50_ms'], 3)} | {ratio_floor} | "
                    f"{_fmt(off and off['p50_ms'], 3)} | {on_off} | {_fmt(aio and aio['p50_ms'], 3)} |")
+    return out + [""]
+
+
+def _http(rows: Rows) -> list[str]:
+    """KServe v2 REST under perf_analyzer -i http (binary tensors): mimo beside its own gRPC, and
+    beside Triton's and MLServer's REST front ends when the peers ran."""
+    if not rows.get(MIMO_DEFAULT, "http", "mlp", 32) and not rows.get(MIMO_DEFAULT, "http", "qa", 32):
+        return []
+    peers = [p for p in ("triton-pyb http", "mls-batch http", "mls-nobatch http") if any(
+        rows.get(p, "http", m, c) for m in ("mlp", "qa") for c in (1, 8, 32))]
+    out = ["## HTTP: KServe v2 REST (perf_analyzer -i http)", "",
+           "| model | conc | mimo HTTP infer/s | p50 ms | mimo gRPC unary infer/s | HTTP / gRPC | "
+           + " | ".join(f"{p} infer/s | mimo / {p}" for p in peers) + " |",
+           "|---|---:|---:|---:|---:|---:|" + "---:|---:|" * len(peers)]
+    for model in ("mlp", "qa", "posts"):
+        for conc in (1, 8, 32):
+            http, grpc = rows.get(MIMO_DEFAULT, "http", model, conc), rows.get(MIMO_DEFAULT, "unary", model, conc)
+            if not http:
+                continue
+            cells = [f"{_fmt(rows.get(p, 'http', model, conc) and rows.get(p, 'http', model, conc)['infer_s'])} | "
+                     f"{_ratio(http, rows.get(p, 'http', model, conc))}" for p in peers]
+            out.append(f"| {model} | {conc} | {_fmt(http['infer_s'])} | {_fmt(http['p50_ms'], 3)} | "
+                       f"{_fmt(grpc and grpc['infer_s'])} | {_ratio(http, grpc)} | " + " | ".join(cells)
+                       + (" |" if cells else "|"))
     return out + [""]
 
 

@@ -74,7 +74,7 @@ def through_server(repository: Path, backend: str, models: list[str], count: int
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "mimo", "serve", "--model-repository", str(repository), "--port", str(port),
-         "--metrics-port", "0", "--backend", backend, "--no-batching", "--log-level", "WARNING"],
+         "--metrics-port", "0", "--http-port", "0", "--backend", backend, "--no-batching", "--log-level", "WARNING"],
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
     )
     try:

@@ -10,13 +10,15 @@ core 0, the load generator (Triton's perf_analyzer, gRPC, batch 1, closed loop) 
                (3 turns, median p50): the latency comparisons, robust to a shared machine
   mimo         `mimo serve` defaults (native transport, batching on), --frontend python (grpc.aio),
                --no-batching, and --event-loop asyncio (the default is uvloop);
-               unary ModelInfer and streaming ModelStreamInfer; mlp, qa, posts at concurrency 1, 8, 32
+               unary ModelInfer, streaming ModelStreamInfer and KServe v2 REST (perf_analyzer -i http,
+               binary tensors); mlp, qa, posts at concurrency 1, 8, 32
   workers      `mimo serve --workers 2` on core 0, and unpinned with and without workers (c=32)
   padding      qa under a mixed-length load (bench/mixed_load.py: a random shape per request): the
                standard export grouped by shape, against a masked export (bench/masked.py) with
                padding declared, and the masked export grouped
   peers        (--peers) ../shared/peers/run_all.sh: Triton python backend, PyTriton, MLServer
-               (three modes) and the naive grpc.aio+ORT server, serving the same exported ONNX files
+               (three modes) and the naive grpc.aio+ORT server, serving the same exported ONNX files;
+               then Triton's and MLServer's REST front ends under perf_analyzer -i http
 
 Writes bench/results/bench.md (tables, ratios), bench/results/bench.png (throughput vs p99 latency)
 and bench/results/bench.json; raw perf_analyzer CSVs and logs go to bench/results/runs/<time>/.
@@ -48,7 +50,11 @@ import pa_data  # noqa: E402
 PYTHON = sys.executable
 MIMO = [PYTHON, "-m", "mimo.cli"]
 SERVER_CORE, CLIENT_CORE = "0", "1"
-MIMO_PORT, FLOOR_PORT = 8501, 8301
+MIMO_PORT, MIMO_HTTP_PORT, FLOOR_PORT = 8501, 8502, 8301
+# The peers' REST ports: Triton and MLServer listen for HTTP one port below their gRPC port.
+HTTP_PEERS = {"triton-pyb": ("triton_pybackend/serve_triton_pybackend.sh", [], 8401),
+              "mls-batch": ("mlserver/serve_mlserver.sh", ["batch"], 8211),
+              "mls-nobatch": ("mlserver/serve_mlserver.sh", ["nobatch"], 8201)}
 PEER_LIST = ["kserve-ort", "pytriton", "triton-pyb", "mls-nobatch", "mls-batch", "mls-default"]
 
 _started: list[subprocess.Popen] = []
@@ -176,13 +182,17 @@ class Bench:
 
     def perf(self, server: str, mode: str, model: str, conc: int, port: int, pid: int | None,
              data: str | None = None, extra: list[str] | None = None, count_cpu: bool = True,
-             keep: bool = True, tag_suffix: str = "") -> dict:
+             keep: bool = True, tag_suffix: str = "", http_port: int | None = None) -> dict:
+        """One perf_analyzer run; mode "http" sends KServe v2 REST to `http_port` (statistics still
+        come over gRPC from `port`)."""
         data = data or model
         tag = f"{server}.{mode}.{data}.c{conc}{tag_suffix}"
         csv_path = self.out / f"{tag}.csv"
+        http = mode == "http"
+        target = f"127.0.0.1:{http_port if http else port}"
         base = [
             "taskset", "-c", CLIENT_CORE, "timeout", "150", str(self.args.perf_analyzer),
-            "-m", model, "-u", f"127.0.0.1:{port}", "-i", "grpc", "--input-data", str(self.data[data]),
+            "-m", model, "-u", target, "-i", "http" if http else "grpc", "--input-data", str(self.data[data]),
             "--concurrency-range", f"{conc}:{conc}", "-p", str(self.args.window_ms), "-f", str(csv_path),
         ] + (["--streaming"] if mode == "streaming" else []) + (extra or [])
         note = ""
@@ -285,7 +295,7 @@ def run_mimo(bench: Bench, name: str, repo: Path, flags: list[str], models, conc
         raise RuntimeError(f"port {MIMO_PORT} is taken: stop whatever listens there (mimo uses SO_REUSEPORT "
                            "and would share it) and run again")
     command = MIMO + ["serve", "--model-repository", str(repo), "--port", str(MIMO_PORT), "--metrics-port", "0",
-                      "--log-level", "WARNING"] + flags
+                      "--http-port", str(MIMO_HTTP_PORT), "--log-level", "WARNING"] + flags
     print(f"== {name}: mimo serve {' '.join(flags)}", flush=True)
     server = start(command, bench.out / f"{name}.server.log", pin=pin)
     try:
@@ -297,7 +307,7 @@ def run_mimo(bench: Bench, name: str, repo: Path, flags: list[str], models, conc
                         bench.mixed(name, mode, conc, MIMO_PORT, server.pid, seconds=bench.args.window_ms * 2 / 1000)
                     else:
                         bench.perf(name, mode, model, conc, MIMO_PORT, server.pid,
-                                   data=(data_for or {}).get(model), count_cpu=count_cpu)
+                                   data=(data_for or {}).get(model), count_cpu=count_cpu, http_port=MIMO_HTTP_PORT)
     finally:
         stop(server)
 
@@ -469,6 +479,34 @@ def run_peers(bench: Bench, repo: Path) -> list[dict]:
     return rows
 
 
+def run_peers_http(bench: Bench) -> list[dict]:
+    """perf_analyzer -i http against the REST front ends of Triton (python backend) and MLServer,
+    started from ../shared/peers as run_all.sh starts them (same models, pinned the same way)."""
+    root = bench.args.cache / "peers-root"
+    if not (root / "models" / "mlp.onnx").exists():
+        print("== peers over HTTP skipped: run the gRPC peers first (--peers)", flush=True)
+        return []
+    rows = []
+    for peer, (script, arguments, grpc_port) in HTTP_PEERS.items():
+        if peer not in bench.args.peer_list:
+            continue
+        name = f"{peer} http"
+        print(f"== {name}: {script} (REST on {grpc_port - 1})", flush=True)
+        server = start(["bash", str(bench.args.peers_dir / script), str(root / "models"), *arguments, str(grpc_port)],
+                       bench.out / f"{peer}.http.server.log", env={"ROOT": str(root)})
+        try:
+            wait_ready(grpc_port, ["mlp", "qa"], server)
+            for model in ("mlp", "qa"):
+                for conc in bench.args.concurrency:
+                    rows.append(bench.perf(name, "http", model, conc, grpc_port, server.pid, count_cpu=False,
+                                           keep=False, http_port=grpc_port - 1))
+        except RuntimeError as exc:
+            print(f"  {name}: {exc}", flush=True)
+        finally:
+            stop(server)
+    return rows
+
+
 def versions() -> dict:
     import grpc
     import numpy
@@ -506,7 +544,8 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["mlp", "qa", "posts"])
     ap.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["floor-ort", "floor", "idle", "grpc-aio", "nobatch", "asyncio", "workers", "padding"],
+                    choices=["floor-ort", "floor", "idle", "grpc-aio", "nobatch", "asyncio", "workers", "padding",
+                             "peers-http"],
                     help="leave steps out")
     ap.add_argument("--perf-analyzer", type=Path, default=PROJECT / ".venv-pa" / "bin" / "perf_analyzer")
     ap.add_argument("--peers-dir", type=Path, default=Path(os.environ.get("PEERS_DIR", PROJECT.parent / "shared" / "peers")))
@@ -541,7 +580,7 @@ def main() -> int:
             run_floor(bench, args.concurrency, modes)
         if "idle" not in args.skip:
             run_idle_latency(bench, repo)
-        run_mimo(bench, "mimo", repo, [], args.models, args.concurrency, modes)
+        run_mimo(bench, "mimo", repo, [], args.models, args.concurrency, modes + ["http"])
         if "grpc-aio" not in args.skip:
             run_mimo(bench, "mimo grpc.aio", repo, ["--frontend", "python"], args.models, args.concurrency, modes)
         if "nobatch" not in args.skip:
@@ -557,6 +596,7 @@ def main() -> int:
                      count_cpu=False, pin=False)
         padding = {} if "padding" in args.skip else run_padding(bench, repo)
         peers = run_peers(bench, repo) if args.peers else []
+        peers += run_peers_http(bench) if args.peers and "peers-http" not in args.skip else []
     finally:
         stop_all()
     meta["uptime_after"] = _uptime()

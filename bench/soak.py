@@ -121,7 +121,7 @@ def main() -> int:
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", prefix="mimo-soak-server-", suffix=".log", delete=False)
     server = subprocess.Popen([sys.executable, "-m", "mimo", "serve", "--model-repository", str(repository),
-                               "--port", str(port), "--metrics-port", "0"],
+                               "--port", str(port), "--metrics-port", "0", "--http-port", "0"],
                               stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         result = asyncio.run(soak(f"127.0.0.1:{port}", requests_for(repository), args.minutes,

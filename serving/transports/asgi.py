@@ -26,6 +26,7 @@ import socket
 import ssl
 import sys
 import tempfile
+import time
 from urllib.parse import quote
 
 from mimo.serving.transports.base import HttpHandler, HttpRequest, HttpResponse
@@ -80,6 +81,19 @@ if uvicorn is not None:
         def install_signal_handlers(self) -> None:  # uvicorn < 0.29
             pass
 
+        async def on_tick(self, counter: int) -> bool:
+            if counter % 10 == 0:  # uvicorn ticks every 0.1 s
+                self.close_slow_heads()
+            return await super().on_tick(counter)
+
+        def close_slow_heads(self) -> None:
+            """Close the connections whose request head has taken longer than HEAD_TIMEOUT."""
+            deadline = time.monotonic() - HEAD_TIMEOUT
+            for connection in list(self.server_state.connections):
+                since = getattr(connection, "head_since", None)
+                if since is not None and since < deadline and not connection.transport.is_closing():
+                    connection.transport.close()
+
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets=sockets)
             if not self.ready.done():
@@ -96,8 +110,9 @@ def _head_too_large() -> bytes:
 def _guarded_httptools():
     """uvicorn's httptools protocol with a bound on each request head: its size (MAX_HEAD_BYTES,
     431; httptools itself gathers a header of any size) and the time it may take (HEAD_TIMEOUT,
-    then the connection is closed); None without httptools. The hooks are asyncio.Protocol's
-    methods and httptools' parser callbacks, each passed on to uvicorn's own."""
+    then the server's once-a-second sweep closes the connection: no timer per request); None
+    without httptools. The hooks are asyncio.Protocol's methods and httptools' parser callbacks,
+    each passed on to uvicorn's own."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
@@ -106,20 +121,15 @@ def _guarded_httptools():
     refusal = _head_too_large()
 
     class GuardedHttpTools(HttpToolsProtocol):
+        head_since: float | None = None  # when the head being read began (monotonic), or None
         _head_open = True  # between requests, or inside a head
-        _head_bytes = 0  # the open head's parsed pieces (request target, headers)
         _head_reads = 0  # the open head's reads that ended with it unfinished (a header of any size)
         _heads = 0  # heads completed on this connection
-        _head_timer = None
         _refused = False
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            self._arm()
-
-        def connection_lost(self, exc) -> None:
-            self._disarm()
-            super().connection_lost(exc)
+            self.head_since = time.monotonic()  # the first request must come within HEAD_TIMEOUT
 
         def data_received(self, data: bytes) -> None:
             open_before, heads = self._head_open, self._heads
@@ -128,55 +138,35 @@ def _guarded_httptools():
             if open_before and self._head_open and self._heads == heads and not self._refused:
                 self._head_reads += len(data)
                 if self._head_reads > MAX_HEAD_BYTES and not self.transport.is_closing():
+                    self._refused = True
                     self.transport.write(refusal)
                     self.transport.close()
 
         def on_message_begin(self) -> None:
-            if self._head_timer is None:
-                self._arm()
+            if self.head_since is None:
+                self.head_since = time.monotonic()
             super().on_message_begin()
 
-        def on_url(self, url: bytes) -> None:
-            self._count(len(url))
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._count(len(name) + len(value) + 4)
-            super().on_header(name, value)
-
-        def _count(self, size: int) -> None:
-            self._head_bytes += size
-            if self._head_bytes > MAX_HEAD_BYTES:
+        def on_headers_complete(self) -> None:
+            self.head_since = None
+            size = len(self.url)
+            for name, value in self.headers:
+                size += len(name) + len(value) + 4
+            if size > MAX_HEAD_BYTES:
                 self._refused = True
                 raise ValueError("request head too large")  # the parser fails: send_400_response
+            self._head_open, self._heads = False, self._heads + 1
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._head_open, self._head_reads = True, 0
+            super().on_message_complete()
 
         def send_400_response(self, msg: str) -> None:
             if not self._refused:
                 return super().send_400_response(msg)
             self.transport.write(refusal)
             self.transport.close()
-
-        def on_headers_complete(self) -> None:
-            self._disarm()
-            self._head_open, self._heads = False, self._heads + 1
-            super().on_headers_complete()
-
-        def on_message_complete(self) -> None:
-            self._head_open, self._head_bytes, self._head_reads = True, 0, 0
-            super().on_message_complete()
-
-        def _arm(self) -> None:
-            self._head_timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self._head_timed_out)
-
-        def _disarm(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_timed_out(self) -> None:
-            self._head_timer = None
-            if not self.transport.is_closing():
-                self.transport.close()
 
     return GuardedHttpTools
 

@@ -32,7 +32,7 @@ def mlp_repo(tmp_path, exported_repo) -> Path:
 
 def _serve(repo: Path, port: int, *args: str, env=None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "mimo", "serve", "--model-repository", str(repo),
-                             "--port", str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             "--port", str(port), "--http-port", "0", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env)
 
 

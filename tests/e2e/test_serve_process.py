@@ -43,25 +43,25 @@ def wait_ready(address: str, process: subprocess.Popen, timeout: float = 180) ->
 
 @pytest.fixture(scope="module")
 def served(exported_repo):
-    port, metrics = free_port(), free_port()
+    port, metrics, http = free_port(), free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "mimo", "serve", "--model-repository", str(exported_repo), "--port", str(port),
-         "--metrics-port", str(metrics)],
+         "--metrics-port", str(metrics), "--http-port", str(http)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     address = f"127.0.0.1:{port}"
     try:
         wait_ready(address, process)
-        yield address, metrics, process
+        yield address, metrics, process, f"127.0.0.1:{http}"
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(10)
 
 
-def run_perf_analyzer(address: str, model: str, *extra: str) -> str:
+def run_perf_analyzer(address: str, model: str, *extra: str, protocol: str = "grpc") -> str:
     assert PERF_ANALYZER.exists(), f"{PERF_ANALYZER} missing: run `make perf-analyzer`"
-    command = [str(PERF_ANALYZER), "-m", model, "-u", address, "-i", "grpc", "--concurrency-range", "4",
+    command = [str(PERF_ANALYZER), "-m", model, "-u", address, "-i", protocol, "--concurrency-range", "4",
                "--measurement-interval", "800", "--stability-percentage", "999", "--max-trials", "10",
                "--input-data", "zero", *extra]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240)
@@ -69,10 +69,17 @@ def run_perf_analyzer(address: str, model: str, *extra: str) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("model,extra", [("mlp", ()), ("qa", ("--shape", "text:40", "--shape", "question:8"))])
-def test_perf_analyzer_reports_no_errors(served, model, extra):
-    address, _, _ = served
-    output = run_perf_analyzer(address, model, *extra)
+QA_SHAPES = ("--shape", "text:40", "--shape", "question:8")
+
+
+@pytest.mark.parametrize("protocol,model,extra", [
+    ("grpc", "mlp", ()), ("grpc", "qa", QA_SHAPES),
+    # HTTP: KServe v2 REST as perf_analyzer speaks it (binary tensors, statistics as JSON).
+    ("http", "mlp", ()), ("http", "qa", QA_SHAPES), ("http", "posts", ("--shape", "posts:300")),
+])
+def test_perf_analyzer_reports_no_errors(served, protocol, model, extra):
+    address, _, _, http_address = served
+    output = run_perf_analyzer(http_address if protocol == "http" else address, model, *extra, protocol=protocol)
     print(output)
     assert "Throughput:" in output and "infer/sec" in output
     assert "error" not in output.lower().replace("error: 0", "")
@@ -82,7 +89,7 @@ def test_perf_analyzer_reports_no_errors(served, model, extra):
 
 
 def test_metrics_endpoint_counts_requests(served, exported_repo):
-    address, metrics, _ = served
+    address, metrics, _, _ = served
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
     stub.ModelInfer(codec.encode_infer_request("mlp", sample_inputs(exported_repo, "mlp", 1)), timeout=30)
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
@@ -93,7 +100,7 @@ def test_metrics_endpoint_counts_requests(served, exported_repo):
 def test_the_metrics_port_answers_metrics_only(served):
     """Any other path is a 404: tritonclient.http's is_server_ready() and probes must not read a
     scrape port as a healthy REST endpoint."""
-    _, metrics, _ = served
+    _, metrics, _, _ = served
     for path in ("/", "/v2/health/ready", "/v1/models/mlp", "/metricsx"):
         with pytest.raises(urllib.error.HTTPError) as answer:
             urllib.request.urlopen(f"http://127.0.0.1:{metrics}{path}", timeout=10)
@@ -102,7 +109,7 @@ def test_the_metrics_port_answers_metrics_only(served):
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(served, exported_repo):
-    address, _, process = served
+    address, _, process, _ = served
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(
         address, options=[("grpc.max_receive_message_length", 64 << 20)]))
     inputs = sample_inputs(exported_repo, "dual_camera", 8)
@@ -126,7 +133,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(served, exported_rep
 
 
 def _start_and_fail(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mimo", "serve", "--port", "0", "--metrics-port", "0", *args],
+    return subprocess.run([sys.executable, "-m", "mimo", "serve", "--port", "0", "--metrics-port", "0", "--http-port", "0",
+                           *args],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -187,7 +195,7 @@ def test_drop_ins_serve_beside_a_broken_folder_and_strict_readiness_refuses_it(t
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "mimo", "serve", "--model-repository", str(tmp_path), "--port", str(port),
-         "--metrics-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "--metrics-port", "0", "--http-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     address = f"127.0.0.1:{port}"
     try:
         wait_ready(address, process)

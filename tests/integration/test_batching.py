@@ -442,7 +442,7 @@ def test_workers_share_the_port_and_stop_together(exported_repo, tmp_path):
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mimo.cli", "serve", "--model-repository", str(repo), "--port", str(port),
-         "--metrics-port", "0", "--workers", "2", "--grace-seconds", "5"],
+         "--metrics-port", "0", "--http-port", "0", "--workers", "2", "--grace-seconds", "5"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

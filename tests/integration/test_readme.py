@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,20 @@ def run_block(code: str, old: str, new: str) -> dict:
     namespace = {"__name__": "__readme__"}
     exec(compile(code.replace(old, new), str(README), "exec"), namespace)
     return namespace
+
+
+def test_the_readme_curl_examples_answer(server):
+    """The ```bash block of curl calls runs against the live server's HTTP port, and every call
+    answers what the README says it does (no error body, the health check's 200)."""
+    [block] = [b for b in re.findall(r"^```bash\n(.*?)^```", README.read_text(), re.S | re.M) if "curl" in b]
+    assert "localhost:8501" in block
+    script = block.replace("localhost:8501", server.http_address)
+    done = subprocess.run(["bash", "-c", "set -eo pipefail\n" + script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith("200\n") and '"error"' not in out, out[:2000]
+    assert '"name":"mlp"' in out and '"model_name":"qa"' in out and out.count('"predictions"') == 1
+    assert '"outputs":[[' in out and '"signature_def"' in out
 
 
 def test_the_readme_shows_calling_and_exporting():
