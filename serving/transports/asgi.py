@@ -24,7 +24,6 @@ import re
 import shutil
 import socket
 import ssl
-import sys
 import tempfile
 import time
 from urllib.parse import quote
@@ -58,11 +57,6 @@ _BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
 _BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_BODY = frozenset({204, 304})
 
-if sys.version_info >= (3, 11):
-    _timeout = asyncio.timeout
-else:  # pragma: no cover - Python 3.10
-    _timeout = None
-
 
 def available() -> bool:
     return uvicorn is not None
@@ -81,8 +75,12 @@ if uvicorn is not None:
         def install_signal_handlers(self) -> None:  # uvicorn < 0.29
             pass
 
+        sweep = None  # called on every tick: the bodies that are late
+
         async def on_tick(self, counter: int) -> bool:
-            if counter % 10 == 0:  # uvicorn ticks every 0.1 s
+            if self.sweep is not None:  # uvicorn ticks every 0.1 s
+                self.sweep()
+            if counter % 10 == 0:
                 self.close_slow_heads()
             return await super().on_tick(counter)
 
@@ -262,6 +260,10 @@ class AsgiServer:
         self._server = None
         self._task: asyncio.Task | None = None
         self._stopped: asyncio.Event | None = None
+        # Requests reading their body, and when they must be done: a sweep on uvicorn's tick
+        # cancels the late ones, rather than a timer per request (asyncio.timeout: ~10 us each).
+        self._reading: dict[asyncio.Task, float] = {}
+        self._late: set[asyncio.Task] = set()
 
     # -- the transport interface --------------------------------------------------------------
 
@@ -284,6 +286,7 @@ class AsgiServer:
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._server = server = _Server(self._config)
+        server.sweep = self._cancel_late_bodies
         server.ready = loop.create_future()
         self._task = loop.create_task(server.serve(sockets=[self._sock]), name="mimo-http-asgi")
         await asyncio.wait([server.ready, self._task], return_when=asyncio.FIRST_COMPLETED)
@@ -334,7 +337,8 @@ class AsgiServer:
     def _load_config(self, sock: socket.socket, tls: TlsMaterial | None):
         host, port = sock.getsockname()[:2]
         options = dict(
-            host=host, port=port, loop="none", http=_protocol(self._http), ws="none", lifespan="off", interface="asgi3",
+            host=host, port=port, loop="none", http=_protocol(self._http), ws="none", lifespan="off",
+            interface="asgi3",
             log_config=None, log_level="warning", access_log=False,  # the host's logging, untouched
             proxy_headers=False,  # the peer is the socket's, as on the native transport
             server_header=False, timeout_keep_alive=self._keep_alive, backlog=BACKLOG,
@@ -379,19 +383,26 @@ class AsgiServer:
                 if declared > limit:  # refused before a byte of the body is read
                     await self._send(send, scope, self._too_large)
                     return
+        task = asyncio.current_task()
+        self._reading[task] = time.monotonic() + self._body_timeout
         try:
-            body = await self._read_body(receive, limit)
+            body = await self._chunks(receive, limit)
+        except asyncio.CancelledError:
+            if task not in self._late:  # the server is stopping
+                await self._send(send, scope, _error(503, "the server is shutting down"))
+                return
+            self._late.discard(task)
+            if hasattr(task, "uncancel"):
+                task.uncancel()
+            await self._send(send, scope, self._too_slow)
+            return
         except _TooLarge:
             await self._send(send, scope, self._too_large)
             return
-        except asyncio.TimeoutError:
-            await self._send(send, scope, self._too_slow)
-            return
         except _Gone:  # the client left before sending its whole body
             return
-        except asyncio.CancelledError:  # the server is stopping
-            await self._send(send, scope, _error(503, "the server is shutting down"))
-            return
+        finally:
+            self._reading.pop(task, None)
         raw_path = scope.get("raw_path") or quote(scope["path"]).encode()
         query = scope.get("query_string")
         target = (raw_path + b"?" + query if query else raw_path).decode("latin-1")
@@ -408,11 +419,15 @@ class AsgiServer:
             response = HttpResponse(500, b'{"error": "internal error"}', [_JSON])
         await self._send(send, scope, response)
 
-    async def _read_body(self, receive, limit: int) -> bytes:
-        if _timeout is None:  # pragma: no cover - Python 3.10
-            return await asyncio.wait_for(self._chunks(receive, limit), self._body_timeout)
-        async with _timeout(self._body_timeout):
-            return await self._chunks(receive, limit)
+    def _cancel_late_bodies(self) -> None:
+        if not self._reading:
+            return
+        now = time.monotonic()
+        for task, deadline in list(self._reading.items()):
+            if deadline < now:
+                del self._reading[task]
+                self._late.add(task)
+                task.cancel()
 
     @staticmethod
     async def _chunks(receive, limit: int) -> bytes:
