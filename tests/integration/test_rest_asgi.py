@@ -411,3 +411,29 @@ def test_tls_and_mutual_tls(tmp_path):
         conn.close()
     finally:
         served.close()
+
+
+def test_a_pure_install_serves_rest_on_uvicorn_with_the_same_answers(exported_repo, server, monkeypatch):
+    """Without the native transport (monkeypatched away, as in a pure wheel), `mimo serve` still
+    answers KServe v2 REST, on uvicorn, with the native server's answers."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    from helpers import start_server
+    from mimo.serving.transports import native
+
+    monkeypatch.setattr(native, "available", lambda: False)  # not `native = None`: the session server uses it
+    pure = start_server(exported_repo, frontend="python")
+    try:
+        assert type(pure.server._http).__name__ == "AsgiServer"
+        x = np.random.default_rng(3).random((3, 64), dtype=np.float32)
+        answers = []
+        for address in (pure.http_address, server.http_address):
+            client = httpclient.InferenceServerClient(address)
+            assert client.is_server_ready()
+            tensor = httpclient.InferInput("x", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=True)
+            answers.append(client.infer("mlp", [tensor]).as_numpy("probs"))
+        np.testing.assert_array_equal(answers[0], answers[1])
+    finally:
+        pure.stop()
