@@ -56,6 +56,9 @@ class Contract:
     def signature(self, name: str | None) -> Mapping[str, list[str]] | None:
         return self.signatures.get(name or DEFAULT_SIGNATURE)
 
+    def unknown_signature(self, name: str | None) -> str:
+        return f"unknown signature '{name}' (has: {', '.join(self.signatures)})"
+
     def heads(self, outputs: list[str] | None, signature: str | None) -> list[str]:
         """The outputs an answer carries: those asked for, or all of the signature's."""
         if outputs:
@@ -102,7 +105,7 @@ class Contract:
     def _problems(self, arrays: Mapping[str, Any], outputs: list[str], signature: str | None) -> list[str]:
         contract = self.signature(signature)
         if contract is None:
-            return [f"unknown signature '{signature}' (has: {', '.join(self.signatures)})"]
+            return [self.unknown_signature(signature)]
         expected = contract["inputs"]
         problems = [f"missing input '{n}'" for n in expected if n not in arrays]
         problems += [f"unexpected input '{n}' (expected {', '.join(expected)})" for n in arrays if n not in expected]

@@ -13,16 +13,18 @@ from mimo.serving.core.errors import PermissionDenied, Unauthenticated
 
 
 def bearer(token: str) -> bytes:
-    """The `authorization` value that carries `token`."""
-    return f"Bearer {token}".encode()
+    """What `bearer_matches` compares a call's `authorization` value with: the token's bytes."""
+    return token.encode()
 
 
 def bearer_matches(authorization: str | bytes | None, expected: bytes) -> bool:
-    """Whether an `authorization` value is `expected` (constant-time compare)."""
+    """Whether an `authorization` value is `Bearer <expected>`: the scheme in any case (RFC 9110
+    11.1), the token compared in constant time."""
     if authorization is None:
         return False
     given = authorization.encode("latin-1", "replace") if isinstance(authorization, str) else authorization
-    return hmac.compare_digest(given, expected)
+    scheme, _, token = given.strip().partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), expected)
 
 
 def authorization_of(pairs) -> str | bytes | None:

@@ -17,6 +17,15 @@ from mimo.serving.core.errors import InvalidArgument
 __all__ = ["DEFAULT_SIGNATURE", "validate_request"]
 
 
+def signature_of(spec: ModelSpec, signature: str = "") -> Mapping[str, list[str]]:
+    """A signature's input and output names; InvalidArgument, in validate_request's words, when
+    the model has no such signature."""
+    found = spec.contract.signature(signature or DEFAULT_SIGNATURE)
+    if found is None:
+        raise InvalidArgument(f"model '{spec.name}': " + spec.contract.unknown_signature(signature))
+    return found
+
+
 def validate_request(
     spec: ModelSpec,
     inputs: Mapping[str, np.ndarray],

@@ -65,10 +65,13 @@ class HttpFrontEnd:
     async def handle(self, request: HttpRequest) -> HttpResponse:
         try:
             path = request.path.split("?", 1)[0]
-            route, match = self._find(request.method, path)
+            route, match = self._find("GET" if request.method == "HEAD" else request.method, path)
             self._authorize(route.guard, request)
             arguments = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
-            return await route.endpoint(_with_plain_body(request, self.max_body), **arguments)
+            response = await route.endpoint(_with_plain_body(request, self.max_body), **arguments)
+            if request.method == "HEAD":  # GET's status and headers (RFC 9110 9.3.2)
+                response.body = b""
+            return response
         except _MethodNotAllowed as exc:
             response = error_response(InvalidArgument(str(exc)))
             response.status = 405
@@ -112,12 +115,29 @@ def _with_plain_body(request: HttpRequest, limit: int) -> HttpRequest:
         return request
     if encoding not in ("gzip", "deflate"):
         raise InvalidArgument(f"unsupported Content-Encoding '{encoding}': send identity, gzip or deflate")
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        body = inflater.decompress(request.body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidArgument(f"the {encoding} request body could not be decompressed: {exc}") from None
-    if len(body) > limit or inflater.unconsumed_tail:
-        raise InvalidArgument(f"the request body decompresses past the server's limit of {limit} bytes")
+    body = _inflate(request.body, encoding, limit)
     headers = tuple((k, v) for k, v in request.headers if k not in ("content-encoding", "content-length"))
     return HttpRequest(request.method, request.path, headers, body, request.peer)
+
+
+def _inflate(data: bytes, encoding: str, limit: int) -> bytes:
+    """A whole gzip (one member or several, RFC 1952 2.2) or zlib stream: truncated or trailing
+    bytes are the client's error, never a shorter body served as if complete."""
+    parts, size = [], 0
+    while True:
+        inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+        try:
+            part = inflater.decompress(data, limit + 1 - size)
+        except zlib.error as exc:
+            raise InvalidArgument(f"the {encoding} request body could not be decompressed: {exc}") from None
+        size += len(part)
+        if size > limit or inflater.unconsumed_tail:
+            raise InvalidArgument(f"the request body decompresses past the server's limit of {limit} bytes")
+        if not inflater.eof:
+            raise InvalidArgument(f"the {encoding} request body is truncated")
+        parts.append(part)
+        data = inflater.unused_data
+        if not data:
+            return b"".join(parts)
+        if encoding == "deflate":
+            raise InvalidArgument("the deflate request body has bytes after its end")

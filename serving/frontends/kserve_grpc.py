@@ -17,6 +17,7 @@ from mimo.protos.dtypes import datatype_to_triton
 from mimo.serving.core.control import authorization_of
 from mimo.serving.core.core import Core, ModelInfo
 from mimo.serving.core.errors import InvalidArgument
+from mimo.serving.frontends import kserve_parameters
 from mimo.serving.frontends.grpc_status import abort, grpc_status
 
 STREAM_WINDOW = 128  # requests in flight per stream; responses still leave in request order
@@ -105,13 +106,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response.infer_response.parameters["error_code"].string_param = code.name
             return response
 
-    async def _infer(self, request, timeout):
+    async def _infer(self, request, remaining):
         inputs = codec.decode_infer_request(request)
-        signature = ""
-        if "signature_name" in request.parameters:
-            signature = request.parameters["signature_name"].string_param
-            if not signature:
-                raise InvalidArgument("parameter 'signature_name' must be a non-empty string")
+        parameters = codec.decode_parameters(request.parameters) if request.parameters else {}
+        signature = kserve_parameters.signature_name(parameters)
+        timeout = kserve_parameters.timeout(parameters, remaining)
         result = await self.core.infer(
             request.model_name, request.model_version, inputs, codec.requested_outputs(request), signature, timeout
         )
@@ -204,9 +203,13 @@ def statistics_message(stats) -> pb.ModelStatistics:
             compute_input=duration(stats.compute_input),
             compute_infer=duration(stats.compute_infer),
             compute_output=duration(stats.compute_output),
+            # mimo has no response cache; perf_analyzer reads these without checking they exist.
+            cache_hit=pb.StatisticDuration(),
+            cache_miss=pb.StatisticDuration(),
         ),
         batch_stats=[
-            pb.InferBatchStatistics(batch_size=size, compute_infer=duration(d))
+            pb.InferBatchStatistics(batch_size=size, compute_input=pb.StatisticDuration(), compute_infer=duration(d),
+                                    compute_output=pb.StatisticDuration())
             for size, d in sorted(stats.batches.items())
         ],
     )

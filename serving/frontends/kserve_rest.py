@@ -15,6 +15,7 @@ from mimo.protos import rest_codec
 from mimo.protos.errors import CodecError
 from mimo.serving.core.core import Core
 from mimo.serving.core.errors import InvalidArgument, Unavailable
+from mimo.serving.frontends import kserve_parameters
 from mimo.serving.frontends.kserve_grpc import model_config, statistics_message
 from mimo.serving.frontends.proto_json import message_json
 from mimo.serving.frontends.http_status import json_response
@@ -70,11 +71,9 @@ class KServeRest:
         except CodecError as exc:
             raise InvalidArgument(str(exc)) from None
         parameters = decoded.parameters
-        signature = parameters.get("signature_name", "")
-        if not isinstance(signature, str) or ("signature_name" in parameters and not signature):
-            raise InvalidArgument("parameter 'signature_name' must be a non-empty string")
-        result = await self.core.infer(model, version, decoded.inputs, decoded.outputs, signature,
-                                       _timeout(parameters))
+        result = await self.core.infer(model, version, decoded.inputs, decoded.outputs,
+                                       kserve_parameters.signature_name(parameters),
+                                       kserve_parameters.timeout(parameters, None))
         body, header_length = rest_codec.encode_infer_response(result.model, result.version, decoded.id,
                                                                result.outputs, decoded.wants_binary)
         if header_length is None:
@@ -120,16 +119,6 @@ def _header_length(request: HttpRequest) -> int | None:
     if not value.strip().isdigit():
         raise InvalidArgument(f"Inference-Header-Content-Length must be a non-negative integer, not {value!r}")
     return int(value)
-
-
-def _timeout(parameters: dict) -> float | None:
-    """Triton's request parameter `timeout`, in microseconds, as the request's deadline."""
-    value = parameters.get("timeout")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidArgument("parameter 'timeout' must be a non-negative integer (microseconds)")
-    return value / 1e6
 
 
 def _json_object(request: HttpRequest) -> dict:

@@ -17,7 +17,7 @@ from mimo.protos.errors import CodecError
 from mimo.serving.core.core import Core
 from mimo.serving.core.errors import InvalidArgument, NotFound
 from mimo.serving.core.registry import READY
-from mimo.serving.core.validation import DEFAULT_SIGNATURE
+from mimo.serving.core.validation import signature_of
 from mimo.serving.frontends.http_status import json_response
 from mimo.serving.frontends.tfserving_grpc import VERSION_STATES, signature_defs
 from mimo.serving.transports.base import HttpRequest, HttpResponse
@@ -35,7 +35,7 @@ class TfServingRest:
                            "(classify and regress need tf.Example models)")
         info = self.core.model(model, version)  # the contract tells the decoder each input's dtype and rank
         def ranks(signature: str) -> dict[str, tuple[str, int]]:
-            names = _signature(info.spec, signature)["inputs"]
+            names = signature_of(info.spec, signature)["inputs"]
             return {t.name: (t.datatype, len(t.shape)) for t in info.spec.inputs if t.name in names}
 
         try:
@@ -61,14 +61,6 @@ class TfServingRest:
             "model_spec": {"name": info.name, "signature_name": "", "version": str(info.version)},
             "metadata": {"signature_def": _proto_json(signature_defs(info.spec))},
         })
-
-
-def _signature(spec, name: str) -> dict:
-    signature = spec.signatures.get(name or DEFAULT_SIGNATURE)
-    if signature is None:
-        raise InvalidArgument(f"model '{spec.name}' has no signature '{name}' (signatures: "
-                              f"{', '.join(sorted(spec.signatures))})")
-    return signature
 
 
 def _number(version: str) -> int | None:
