@@ -19,6 +19,7 @@ from mimo.serving.frontends import kserve_parameters
 from mimo.serving.frontends.kserve_grpc import model_config, statistics_message
 from mimo.serving.frontends.proto_json import message_json
 from mimo.serving.frontends.http_status import json_response
+from mimo.serving.frontends.json_limit import check_json_size
 from mimo.serving.transports.base import HttpRequest, HttpResponse
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -66,8 +67,12 @@ class KServeRest:
     # -- inference ----------------------------------------------------------------------------
 
     async def infer(self, request: HttpRequest, model: str, version: str = "") -> HttpResponse:
+        header_length = _header_length(request)
+        check_json_size(len(request.body) if header_length is None else min(header_length, len(request.body)),
+                        "send large tensors as binary data (Inference-Header-Content-Length and each input's "
+                        "binary_data_size; tritonclient's set_data_from_numpy(..., binary_data=True))")
         try:
-            decoded = rest_codec.decode_infer_request(request.body, _header_length(request), MAX_ELEMENTS)
+            decoded = rest_codec.decode_infer_request(request.body, header_length, MAX_ELEMENTS)
         except CodecError as exc:
             raise InvalidArgument(str(exc)) from None
         parameters = decoded.parameters

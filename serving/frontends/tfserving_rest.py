@@ -19,6 +19,7 @@ from mimo.serving.core.errors import InvalidArgument, NotFound
 from mimo.serving.core.registry import READY
 from mimo.serving.core.validation import signature_of
 from mimo.serving.frontends.http_status import json_response
+from mimo.serving.frontends.json_limit import check_json_size
 from mimo.serving.frontends.tfserving_grpc import VERSION_STATES, signature_defs
 from mimo.serving.transports.base import HttpRequest, HttpResponse
 
@@ -38,6 +39,8 @@ class TfServingRest:
             names = signature_of(info.spec, signature)["inputs"]
             return {t.name: (t.datatype, len(t.shape)) for t in info.spec.inputs if t.name in names}
 
+        check_json_size(len(request.body), "split the batch over several requests, or send large tensors over "
+                                           "gRPC (tensor_content) or KServe v2 REST's binary tensors")
         try:
             decoded = rest_codec.decode_predict_request(request.body, ranks, MAX_ELEMENTS)
         except CodecError as exc:

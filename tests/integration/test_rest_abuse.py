@@ -622,3 +622,24 @@ def test_two_hundred_requests_on_one_keep_alive_connection(server, exported_repo
             assert connection.sock is sock, f"reconnected at request {i}"
     finally:
         connection.close()
+
+
+def test_json_tensors_past_the_json_limit_are_refused_with_the_binary_way(server, exported_repo):
+    """JSON parses slowly holding the GIL: past 8 MiB of it a request is refused before parsing,
+    naming the binary tensor extension; the same tensors sent binary are served."""
+    rng = np.random.default_rng(5)
+    pair = {side: rng.random((1, 2000, 128), dtype=np.float32) for side in ("left", "right")}  # ~10 MiB of JSON
+    body = json.dumps(v2_body(pair)).encode()
+    assert len(body) > 8 << 20
+    path = "/v2/models/similarity/infer"
+    reply = call(server.http_address, "POST", path, body)
+    assert reply.status == 400 and "limit for JSON tensors" in reply.error and "binary" in reply.error, reply
+    header = json.dumps({"inputs": [{"name": side, "datatype": "FP32", "shape": list(x.shape),
+                                     "parameters": {"binary_data_size": x.nbytes}} for side, x in pair.items()]})
+    reply = call(server.http_address, "POST", path, header.encode() + b"".join(x.tobytes() for x in pair.values()),
+                 headers={"Inference-Header-Content-Length": str(len(header))})
+    assert reply.status == 200, reply
+    rows = {"instances": [{side: x[0].tolist() for side, x in pair.items()}]}
+    reply = call(server.http_address, "POST", "/v1/models/similarity:predict", rows)
+    assert reply.status == 400 and "limit for JSON tensors" in reply.error, reply
+    assert_mlp_serves(server.http_address, exported_repo)
