@@ -99,7 +99,8 @@ def _goals(rows: Rows) -> list[str]:
             out.append(f"| {name} | " + " | ".join(cells) + " |")
     if not have_any:
         out.append("| (no peers in this run: `make bench PEERS=1`) | - | - | - | - |")
-    configs = [(MIMO_DEFAULT, "default (native transport, uvloop)"), ("mimo grpc.aio", "--frontend python (grpc.aio)"),
+    configs = [(MIMO_DEFAULT, "default (native transport, uvloop)"), ("mimo baseline", "the baseline build (--baseline)"),
+               ("mimo grpc.aio", "--frontend python (grpc.aio)"),
                ("mimo no-batching", "--no-batching"), ("mimo asyncio", "--event-loop asyncio"),
                ("mimo uvloop", "--event-loop uvloop"),
                ("mimo workers=2", "--workers 2"), ("mimo unpinned", "unpinned"),

@@ -290,14 +290,17 @@ def bench_repo(repo: Path, out: Path) -> Path:
 
 
 def run_mimo(bench: Bench, name: str, repo: Path, flags: list[str], models, concs, modes,
-             data_for: dict | None = None, count_cpu: bool = True, pin: bool = True, mixed: bool = False) -> None:
+             data_for: dict | None = None, count_cpu: bool = True, pin: bool = True, mixed: bool = False,
+             env: dict | None = None) -> None:
     if port_taken(MIMO_PORT):
         raise RuntimeError(f"port {MIMO_PORT} is taken: stop whatever listens there (mimo uses SO_REUSEPORT "
                            "and would share it) and run again")
+    # HTTP only where measured; as a variable, which a --baseline build without HTTP ignores.
+    env = {**(env or {}), "MIMO_HTTP_PORT": str(MIMO_HTTP_PORT if "http" in modes else 0)}
     command = MIMO + ["serve", "--model-repository", str(repo), "--port", str(MIMO_PORT), "--metrics-port", "0",
-                      "--http-port", str(MIMO_HTTP_PORT), "--log-level", "WARNING"] + flags
+                      "--log-level", "WARNING"] + flags
     print(f"== {name}: mimo serve {' '.join(flags)}", flush=True)
-    server = start(command, bench.out / f"{name}.server.log", pin=pin)
+    server = start(command, bench.out / f"{name}.server.log", pin=pin, env=env)
     try:
         wait_ready(MIMO_PORT, sorted(set(models)), server)
         for model in models:
@@ -344,7 +347,8 @@ def run_idle_latency(bench: Bench, repo: Path, rounds: int = 3) -> None:
     script = bench.args.peers_dir / "floor_kserve.py"
     plan = [("floor", [PYTHON, str(script), str(bench.out), "--mode", "echo", "--port", str(FLOOR_PORT)],
              FLOOR_PORT, ["-x", "1"])] if script.is_file() else []
-    base = MIMO + ["serve", "--model-repository", str(repo), "--metrics-port", "0", "--log-level", "WARNING"]
+    base = MIMO + ["serve", "--model-repository", str(repo), "--metrics-port", "0", "--http-port", "0",
+                   "--log-level", "WARNING"]
     plan += [("mimo", base + ["--port", str(MIMO_PORT)], MIMO_PORT, []),
              ("mimo no-batching", base + ["--port", str(MIMO_PORT + 1), "--no-batching"], MIMO_PORT + 1, []),
              ("mimo grpc.aio", base + ["--port", str(MIMO_PORT + 2), "--frontend", "python"], MIMO_PORT + 2, [])]
@@ -552,6 +556,9 @@ def main() -> int:
     ap.add_argument("--peers-root", type=Path, default=Path(os.environ.get("PEERS_ROOT", "/tmp/mimo-peers")),
                     help="where ../shared/peers/setup.sh put the peers' venvs")
     ap.add_argument("--peer-list", nargs="+", default=PEER_LIST)
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="also serve from this PYTHONPATH (a folder holding another build's `mimo` package) "
+                         "as 'mimo baseline', to compare a change with what it replaces in the same run")
     args = ap.parse_args()
     if not args.perf_analyzer.exists():
         ap.error(f"{args.perf_analyzer} not found: run `make perf-analyzer` first")
@@ -581,6 +588,11 @@ def main() -> int:
         if "idle" not in args.skip:
             run_idle_latency(bench, repo)
         run_mimo(bench, "mimo", repo, [], args.models, args.concurrency, modes + ["http"])
+        if args.baseline:
+            # Another checkout of mimo (PYTHONPATH to a `mimo` package folder), same flags: the
+            # figure a change must not fall below, measured in the same run.
+            run_mimo(bench, "mimo baseline", repo, [], args.models, args.concurrency, modes,
+                     env={"PYTHONPATH": str(args.baseline)})
         if "grpc-aio" not in args.skip:
             run_mimo(bench, "mimo grpc.aio", repo, ["--frontend", "python"], args.models, args.concurrency, modes)
         if "nobatch" not in args.skip:
