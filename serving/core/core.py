@@ -19,12 +19,14 @@ from mimo import __version__
 from mimo.protos.repository import ModelSpec
 from mimo.serving.core.control import ModelControl
 from mimo.serving.core.errors import DeadlineExceeded, NotFound, ServingError, status_code
-from mimo.serving.core.registry import READY, Registry
+from mimo.serving.core.registry import LOADING, READY, UNAVAILABLE, UNLOADING, Registry
 from mimo.serving.core.scheduler import SchedulerOptions
 from mimo.serving.core.statistics import ModelStats, record_rejected
 from mimo.serving.core.validation import DEFAULT_SIGNATURE, validate_request
 from mimo.serving.settings import ServerSettings
 
+# A version's states, as the index and the front ends report them.
+VERSION_STATES = (READY, LOADING, UNLOADING, UNAVAILABLE)
 # Triton's names for what mimo's KServe v2 front ends implement beyond the core protocol.
 EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics", "model_configuration", "schedule_policy")
 

@@ -11,9 +11,8 @@ from mimo.protos import tf_error_codes_pb2 as tf_errors
 from mimo.protos import tf_serving_pb2 as tfs
 from mimo.protos import tf_serving_pb2_grpc as tfs_grpc
 from mimo.protos.dtypes import datatype_to_tf
-from mimo.serving.core.core import Core
+from mimo.serving.core.core import LOADING, READY, UNAVAILABLE, UNLOADING, Core
 from mimo.serving.core.errors import InvalidArgument, NotFound
-from mimo.serving.core.registry import LOADING, READY, UNAVAILABLE, UNLOADING
 from mimo.serving.frontends.grpc_status import abort
 
 PREDICT_METHOD = "tensorflow/serving/predict"

@@ -14,9 +14,8 @@ from mimo.protos import rest_codec
 from mimo.protos import tf_error_codes_pb2 as tf_errors
 from mimo.protos import tf_serving_pb2 as tfs
 from mimo.protos.errors import CodecError
-from mimo.serving.core.core import Core
+from mimo.serving.core.core import READY, Core
 from mimo.serving.core.errors import InvalidArgument, NotFound
-from mimo.serving.core.registry import READY
 from mimo.serving.core.validation import signature_of
 from mimo.serving.frontends.http_status import json_response
 from mimo.serving.frontends.json_limit import check_json_size
