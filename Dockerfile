@@ -8,11 +8,14 @@
 #   docker build -t mimo-serve:demo --target demo \
 #       --build-arg DEMO_EXPORT_ARGS="--image-size 71 --epochs 1 --samples 64" .   # small and quick
 #
-#   docker run -p 8500:8500 -p 8000:8000 -v "$PWD/models:/models:ro" mimo-serve
-#   docker run --gpus all -p 8500:8500 -v "$PWD/models:/models:ro" mimo-serve:gpu
-#   docker run -p 8500:8500 mimo-serve:demo
+#   docker run -p 8500:8500 -p 8501:8501 -p 8000:8000 -v "$PWD/models:/models:ro" mimo-serve
+#   docker run --gpus all -p 8500:8500 -p 8501:8501 -v "$PWD/models:/models:ro" mimo-serve:gpu
+#   docker run -p 8500:8500 -p 8501:8501 mimo-serve:demo
+#   curl localhost:8501/v2/health/ready                                # 200 once the models are loaded
 #
-# gRPC (KServe v2, TF Serving, health, reflection) on 8500; Prometheus metrics over HTTP on 8000.
+# gRPC (KServe v2, TF Serving, health, reflection) on 8500 (MIMO_PORT); HTTP on 8501
+# (MIMO_HTTP_PORT; 0 = off): KServe v2 REST (/v2/health/ready, /v2/models/{m}/infer, ...) and
+# TensorFlow Serving REST (/v1/models/{m}:predict); Prometheus /metrics on 8000 (MIMO_METRICS_PORT).
 # Settings: flags after the image name replace the default CMD; MIMO_* variables work too.
 
 # ---- transport: the wheel, with mimo's native transport (Rust) compiled in ----
@@ -60,18 +63,18 @@ RUN pip install --no-deps /wheels/*.whl \
  && rm -rf /wheels \
  && pip check \
  && python -P -c "import mimo.serving.app, mimo.client, mimo.export, onnxruntime as o; print(o.get_available_providers())" \
- && python -P -c "from mimo.serving import native_server as n; assert n.available(), n.IMPORT_ERROR"
+ && python -P -c "from mimo.serving.transports import native as n; assert n.available(), n.IMPORT_ERROR"
 
 # ---- runtime: the venv, a non-root user, health check, and `mimo serve` ----
 FROM base AS runtime
 ARG GPU=0
 LABEL org.opencontainers.image.title="mimo-serve" \
-      org.opencontainers.image.description="gRPC model server for multi-input/multi-output Keras models (Open Inference Protocol, TF Serving API)"
+      org.opencontainers.image.description="gRPC and HTTP model server for multi-input/multi-output Keras models (Open Inference Protocol / KServe v2, TF Serving API)"
 RUN groupadd --gid 10001 mimo \
  && useradd --uid 10001 --gid mimo --home-dir /home/mimo --create-home --shell /usr/sbin/nologin mimo \
  && mkdir -p /models
 COPY --from=build /opt/mimo /opt/mimo
-RUN python -P -c "from mimo.serving import native_server as n; assert n.available(), n.IMPORT_ERROR"
+RUN python -P -c "from mimo.serving.transports import native as n; assert n.available(), n.IMPORT_ERROR"
 # GPU image: make the CUDA libraries that came as pip wheels (nvidia-*-cu12) visible to the dynamic
 # loader, so onnxruntime-gpu's CUDA provider finds them as TensorFlow does.
 RUN if [ "$GPU" = 1 ]; then \
@@ -83,13 +86,16 @@ ENV HOME=/home/mimo \
     MIMO_MODEL_REPOSITORY=/models \
     MIMO_HOST=0.0.0.0 \
     MIMO_PORT=8500 \
+    MIMO_HTTP_PORT=8501 \
     MIMO_METRICS_PORT=8000 \
     TF_CPP_MIN_LOG_LEVEL=2
 WORKDIR /home/mimo
 # numeric, so Kubernetes can verify runAsNonRoot
 USER 10001:10001
-EXPOSE 8500 8000
-# grpc.health.v1.Health, service "" (the server is ready); port from MIMO_PORT
+# 8500 gRPC, 8501 HTTP (KServe v2 REST, TF Serving REST), 8000 metrics
+EXPOSE 8500 8501 8000
+# Ready = HTTP GET /v2/health/ready on MIMO_HTTP_PORT answers 200; with HTTP off (MIMO_HTTP_PORT=0)
+# or not listening there, grpc.health.v1.Health (service "") on MIMO_PORT decides instead.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "/usr/local/lib/mimo/healthcheck.py"]
 STOPSIGNAL SIGTERM

@@ -31,7 +31,7 @@ $(PA_STAMP):
 
 # mimo's native transport (Rust): built by `make install`; checked with cargo's tests and clippy.
 native: install
-	$(BIN)/python -c "from mimo.serving import native_server as n; assert n.available(), n.IMPORT_ERROR; print('native transport:', n.native.STACK)"
+	$(BIN)/python -c "from mimo.serving.transports import native as n; assert n.available(), n.IMPORT_ERROR; print('native transport:', n.native.STACK)"
 
 native-check:
 	cd native && cargo fmt --check && cargo test --locked -q && cargo clippy --locked --all-targets -- -D warnings

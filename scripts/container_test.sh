@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test-container`: build the server image from the repo's Dockerfile (unchanged) with small
-# demo models baked in, run it, check it end to end (tests/container/), stop it with SIGTERM while
+# demo models baked in, run it, check it end to end (tests/container/: gRPC, REST on the HTTP port,
+# the image's defaults published with -p 8500 -p 8501, the HEALTHCHECK), stop it with SIGTERM while
 # requests are in flight, and remove what it created. Prints image sizes, build and start-up times.
 #
 # Needs: root (or sudo) for apt on a fresh machine; ./.venv with the dev extra (make install).
@@ -121,6 +122,7 @@ printf '   %-34s %s\n' \
   "build, server target" "$BUILD_SERVER_S s" \
   "build, demo target (export)" "$BUILD_DEMO_S s" \
   "run to ready (gRPC health SERVING)" "$(report run_to_ready_s) s" \
+  "run -p 8501 to ready (HTTP 200)" "$(report published_run_to_http_ready_s) s" \
   "SIGTERM to exit, in flight" "$(report sigterm_to_exit_s) s, $(report in_flight_requests) requests" \
   "exit status after SIGTERM" "$(report exit_code)"
 [ "$rc" -eq 0 ] && say "container test passed" || say "container test FAILED (pytest exit $rc)"

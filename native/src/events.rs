@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-/// Event kinds, mirrored in mimo/serving/native_server.py.
+/// Event kinds, mirrored in mimo/serving/transports/native.py.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// A unary call with its one request message.

@@ -1,5 +1,5 @@
 //! mimo's native transport: gRPC and HTTP terminated in Rust threads (tokio, hyper, h2, tonic,
-//! rustls), everything else in Python (mimo/serving/native_server.py).
+//! rustls), everything else in Python (mimo/serving/transports/native.py).
 //!
 //! No protobuf is parsed here: each call reaches Python as (method, metadata, request bytes)
 //! through one event queue that wakes the asyncio loop via an eventfd, many calls per wake-up.

@@ -5,10 +5,16 @@ MIMO_CT_IMAGE; without it this module is skipped, so `make test` never needs a c
 
   1. copy the baked-in model repository out of the image (the reference for the outputs);
   2. run the image (--network=host, read-only root filesystem, as its non-root user) on free ports
-     and wait for grpc.health.v1 to say SERVING, timing it;
+     (MIMO_PORT, MIMO_HTTP_PORT, MIMO_METRICS_PORT) and wait for grpc.health.v1 to say SERVING,
+     timing it; HTTP's /v2/health/ready and the image's HEALTHCHECK (HTTP, and its gRPC fallback
+     with HTTP off) must agree;
   3. call mlp and qa with tritonclient and with mimo.client, and compare every output with the
-     same ONNX files run here in-process with ONNX Runtime;
-  4. send SIGTERM (`podman stop`) while slow requests are in flight: they must all complete with
+     same ONNX files run here in-process with ONNX Runtime; call mlp over REST too (KServe v2 JSON,
+     tritonclient.http's binary tensors, TensorFlow Serving's :predict in both formats): the same
+     numbers as the gRPC call;
+  4. run the image a second time as a user would, on its default ports published with -p
+     (8500, 8501): ready over HTTP, and REST and gRPC through the published ports agree;
+  5. send SIGTERM (`podman stop`) while slow requests are in flight: they must all complete with
      correct outputs, and the server must exit 0.
 """
 
@@ -21,6 +27,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -95,12 +102,13 @@ def repository(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def container():
-    port, metrics_port = _free_port(), _free_port()
+    port, http_port, metrics_port = _free_port(), _free_port(), _free_port()
     name = f"mimo-ct-{RUN_ID}"
     target = f"127.0.0.1:{port}"
     start = time.monotonic()
     _engine("run", "--detach", "--name", name, "--label", LABEL, "--network=host", "--read-only",
-            "--env", f"MIMO_PORT={port}", "--env", f"MIMO_METRICS_PORT={metrics_port}", IMAGE)
+            "--env", f"MIMO_PORT={port}", "--env", f"MIMO_HTTP_PORT={http_port}",
+            "--env", f"MIMO_METRICS_PORT={metrics_port}", IMAGE)
     try:
         status = "UNAVAILABLE"
         while time.monotonic() - start < READY_TIMEOUT_S:
@@ -114,7 +122,8 @@ def container():
         ready_s = time.monotonic() - start
         assert status == "SERVING", f"not ready after {ready_s:.0f}s ({status}):\n{_logs(name)}"
         _report(run_to_ready_s=round(ready_s, 2))
-        yield {"name": name, "target": target, "port": port, "metrics_port": metrics_port}
+        yield {"name": name, "target": target, "port": port, "metrics_port": metrics_port,
+               "http": f"127.0.0.1:{http_port}"}
     finally:
         logs = _logs(name)
         if logs:
@@ -203,6 +212,114 @@ def _triton_infer(target: str, model: str, spec: dict, inputs: dict[str, np.ndar
             client.close()
 
 
+def _http(address: str, method: str, path: str, body: dict | None = None,
+          timeout: float = 30) -> tuple[int, dict | str]:
+    """(status, JSON document or text) of one HTTP request; errors are answers too (no raise)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://{address}{path}", data=data, method=method,
+                                     headers={"content-type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            status, text = reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode()
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
+
+
+V2_DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16}
+
+
+def _kserve_rest_infer(address: str, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """POST /v2/models/{model}/infer with JSON tensors (KServe v2 REST), as curl would send it."""
+    body = {"inputs": [{"name": name, "shape": list(a.shape), "datatype": next(k for k, v in V2_DTYPES.items()
+                                                                                 if np.dtype(v) == a.dtype),
+                        "data": a.ravel().tolist()} for name, a in inputs.items()]}
+    status, reply = _http(address, "POST", f"/v2/models/{model}/infer", body)
+    assert status == 200, f"KServe v2 REST infer {model}: HTTP {status}: {reply}"
+    assert reply["model_name"] == model, reply
+    return {o["name"]: np.asarray(o["data"], dtype=V2_DTYPES[o["datatype"]]).reshape(o["shape"])
+            for o in reply["outputs"]}
+
+
+def _tf_serving_rest_predict(address: str, model: str, spec: dict, inputs: dict[str, np.ndarray],
+                             rows: bool) -> dict[str, np.ndarray]:
+    """POST /v1/models/{model}:predict (TensorFlow Serving REST), row ("instances") or columnar
+    ("inputs") format; the answer as {output name: array}."""
+    names = [o["name"] for o in spec["outputs"]]
+    if rows:
+        n = len(next(iter(inputs.values())))
+        instances = ([a.tolist() for a in next(iter(inputs.values()))] if len(inputs) == 1 else
+                     [{name: a[i].tolist() for name, a in inputs.items()} for i in range(n)])
+        body = {"instances": instances}
+    else:
+        body = {"inputs": {name: a.tolist() for name, a in inputs.items()}}
+    status, reply = _http(address, "POST", f"/v1/models/{model}:predict", body)
+    assert status == 200, f"TF Serving REST predict {model}: HTTP {status}: {reply}"
+    if rows:
+        predictions = reply["predictions"]
+        columns = {names[0]: predictions} if len(names) == 1 else {n: [row[n] for row in predictions] for n in names}
+    else:
+        columns = {names[0]: reply["outputs"]} if len(names) == 1 else reply["outputs"]
+    return {name: np.asarray(columns[name], dtype=np.float32) for name in names}
+
+
+def _rest_matches_grpc(http: str, grpc_target: str, repository: Path, model: str, seed: int) -> None:
+    """One gRPC call (tritonclient), then the same inputs over every REST route: the same numbers."""
+    import tritonclient.http as th
+
+    spec = _model_json(repository, model)
+    inputs = _inputs(spec, batch=3, length=12, seed=seed)
+    want = _triton_infer(grpc_target, model, spec, inputs)
+    _assert_close(want, _reference(repository, model, inputs), f"gRPC {model}")
+    # JSON carries each float32 as its shortest repr, so it comes back bit for bit
+    _assert_same(_kserve_rest_infer(http, model, inputs), want, f"KServe v2 REST {model}")
+    for rows in (False, True):
+        _assert_same(_tf_serving_rest_predict(http, model, spec, inputs, rows), want,
+                     f"TF Serving REST {model} ({'instances' if rows else 'inputs'})")
+    client = th.InferenceServerClient(http)  # binary tensor extension, as perf_analyzer -i http sends
+    try:
+        assert client.is_server_ready() and client.is_model_ready(model)
+        request = []
+        for name, array in inputs.items():
+            tensor = th.InferInput(name, list(array.shape), th.np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array, binary_data=True)
+            request.append(tensor)
+        outputs = [th.InferRequestedOutput(o["name"], binary_data=True) for o in spec["outputs"]]
+        result = client.infer(model, request, outputs=outputs)
+        _assert_same({o["name"]: result.as_numpy(o["name"]) for o in spec["outputs"]}, want,
+                     f"tritonclient.http {model}")
+    finally:
+        client.close()
+
+
+def _assert_same(got: dict, want: dict, what: str) -> None:
+    assert set(got) == set(want), f"{what}: outputs {sorted(got)} != {sorted(want)}"
+    for name in want:
+        assert got[name].shape == want[name].shape, f"{what}/{name}: shape {got[name].shape} != {want[name].shape}"
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=0, err_msg=f"{what}/{name}")
+
+
+def _wait_http_ready(address: str, name: str, timeout: float) -> float:
+    """Seconds until GET /v2/health/ready answers 200 (the container must keep running)."""
+    start = time.monotonic()
+    status = None
+    while time.monotonic() - start < timeout:
+        try:
+            status, _ = _http(address, "GET", "/v2/health/ready", timeout=2)
+        except (urllib.error.URLError, OSError):  # not listening yet (connection refused/reset)
+            status = None
+        if status == 200:
+            return time.monotonic() - start
+        state = _engine("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
+        if state not in ("running", "created", "configured"):
+            raise AssertionError(f"container {state} before it was ready:\n{_logs(name)}")
+        time.sleep(0.25)
+    raise AssertionError(f"/v2/health/ready not 200 after {timeout:.0f}s (last: {status}):\n{_logs(name)}")
+
+
 # ---------------------------------------------------------------------------------------------
 # tests (in file order; the SIGTERM test stops the container and comes last)
 
@@ -212,9 +329,19 @@ def test_ready_through_the_health_service_and_the_image_healthcheck(container):
     for model in MODELS:
         assert _health(container["target"], model) == "SERVING", model
     assert _health(container["target"], "no-such-model") in ("NOT_FOUND", "SERVICE_UNKNOWN")
-    # the Dockerfile's HEALTHCHECK (deploy/docker/healthcheck.py inside the container)
+    # HTTP agrees: KServe v2 REST health (open, no token)
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/mlp/ready"):
+        status, body = _http(container["http"], "GET", path)
+        assert status == 200, f"GET {path}: {status} {body}"
+    # the Dockerfile's HEALTHCHECK (deploy/docker/healthcheck.py inside the container): over HTTP
+    # (MIMO_HTTP_PORT is set), then with HTTP off (MIMO_HTTP_PORT=0) through its gRPC fallback
     run = _engine("healthcheck", "run", container["name"], check=False)
     assert run.returncode == 0, f"image HEALTHCHECK failed: {run.stdout}{run.stderr}"
+    for http_port in ("0", str(_free_port())):  # off; on a port where nothing listens
+        run = _engine("exec", "--env", f"MIMO_HTTP_PORT={http_port}", container["name"],
+                      "python", "/usr/local/lib/mimo/healthcheck.py", check=False)
+        assert run.returncode == 0 and "SERVING" in run.stdout, \
+            f"HEALTHCHECK with MIMO_HTTP_PORT={http_port}: {run.stdout}{run.stderr}"
 
 
 def test_runs_as_the_non_root_user_on_a_read_only_root(container):
@@ -227,6 +354,9 @@ def test_metrics_endpoint(container):
     with urllib.request.urlopen(url, timeout=10) as reply:
         assert reply.status == 200
         assert "# HELP" in reply.read().decode()
+    # the metrics port is no REST port: a probe pointed at it by mistake fails
+    status, _ = _http(f"127.0.0.1:{container['metrics_port']}", "GET", "/v2/health/ready")
+    assert status == 404
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -250,6 +380,33 @@ def test_mimo_client_matches_onnxruntime_in_process(container, repository, model
         got = client.predict(model, **inputs)
     _assert_close({k: np.asarray(v) for k, v in got.items()}, _reference(repository, model, inputs),
                   f"mimo.client {model}")
+
+
+def test_rest_kserve_v2_and_tf_serving_give_the_grpc_numbers(container, repository):
+    http = container["http"]
+    status, meta = _http(http, "GET", "/v2/models/mlp")
+    assert status == 200 and meta["name"] == "mlp", meta
+    assert [i["name"] for i in meta["inputs"]] == [i["name"] for i in _model_json(repository, "mlp")["inputs"]]
+    status, state = _http(http, "GET", "/v1/models/mlp")
+    assert status == 200 and state["model_version_status"][0]["state"] == "AVAILABLE", state
+    _rest_matches_grpc(http, container["target"], repository, "mlp", seed=11)
+    status, body = _http(http, "GET", "/v2/models/no-such-model")
+    assert status == 404, body
+
+
+def test_the_default_ports_published_with_p(container, repository):
+    """The image as a user runs it: `run -p 8500:8500 -p 8501:8501`, no port settings."""
+    grpc_port, http_port = _free_port(), _free_port()
+    name = f"mimo-ct-published-{RUN_ID}"
+    _engine("run", "--detach", "--name", name, "--label", LABEL, "--read-only",
+            "-p", f"127.0.0.1:{grpc_port}:8500", "-p", f"127.0.0.1:{http_port}:8501", IMAGE)
+    try:
+        ready_s = _wait_http_ready(f"127.0.0.1:{http_port}", name, READY_TIMEOUT_S)
+        _report(published_run_to_http_ready_s=round(ready_s, 2))
+        assert _health(f"127.0.0.1:{grpc_port}") == "SERVING"
+        _rest_matches_grpc(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", repository, "mlp", seed=12)
+    finally:
+        _engine("rm", "-f", "--time", "5", name, check=False)
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(container, repository):

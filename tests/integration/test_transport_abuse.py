@@ -63,7 +63,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # The transport's limits these tests lean on (native/src/lib.rs defaults, as NativeServer builds it).
 STREAM_UNSENT_BYTES = 4 * MB  # a stream's response bytes that may wait for a client that does not read
-KSERVE_STREAM_WINDOW = 128  # requests ModelStreamInfer runs ahead of its answers (servicers/kserve.py)
+KSERVE_STREAM_WINDOW = 128  # requests ModelStreamInfer runs ahead of its answers (serving/frontends/kserve_grpc.py)
 
 
 # -- the server under test, and what it spends --------------------------------------------------

@@ -75,7 +75,9 @@ def test_runtime_contract():
     runtime = dict(_stage("runtime"))
     assert re.fullmatch(r"\d+(:\d+)?", runtime["USER"]), "numeric USER (Kubernetes runAsNonRoot)"
     assert not runtime["USER"].startswith("0")
-    assert set(runtime["EXPOSE"].split()) == {"8500", "8000"}
+    assert set(runtime["EXPOSE"].split()) == {"8500", "8501", "8000"}  # gRPC, HTTP (REST), metrics
+    env = dict(re.findall(r"(MIMO_\w+)=(\S+)", runtime["ENV"]))
+    assert (env["MIMO_PORT"], env["MIMO_HTTP_PORT"], env["MIMO_METRICS_PORT"]) == ("8500", "8501", "8000")
     # exec form, so SIGTERM reaches the server (PID 1) and it drains
     entry = json.loads(runtime["ENTRYPOINT"])
     cmd = json.loads(runtime["CMD"])
@@ -106,3 +108,92 @@ def test_image_requirements_never_hold_both_onnxruntimes():
     assert "onnxruntime" in cpu and "onnxruntime-gpu" not in cpu
     assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
     assert {"tensorflow", "grpcio-health-checking", "numpy"} <= cpu & gpu
+
+
+# ---------------------------------------------------------------------------------------------
+# deploy/docker/healthcheck.py (the HEALTHCHECK): HTTP /v2/health/ready first, gRPC health when
+# HTTP is off or nothing listens on its port
+
+
+HEALTHCHECK = REPO / "deploy" / "docker" / "healthcheck.py"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def fake_http():
+    """A stand-in for the server's HTTP port: /v2/health/ready answers `state["status"]`."""
+    import http.server
+    import threading
+
+    state = {"status": 200, "paths": []}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            state["paths"].append(self.path)
+            status = state["status"] if self.path == "/v2/health/ready" else 404
+            self.send_response(status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state["port"] = server.server_address[1]
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def _check(env: dict, *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MIMO_")}
+    environment.update(env, MIMO_HEALTH_TIMEOUT="2")
+    return subprocess.run([sys.executable, str(HEALTHCHECK), *args], env=environment,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_healthcheck_asks_http_ready(fake_http):
+    free = str(_free_port())  # no gRPC there: the HTTP answer alone decides
+    run = _check({"MIMO_HTTP_PORT": str(fake_http["port"]), "MIMO_PORT": free})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert fake_http["paths"] == ["/v2/health/ready"]
+    fake_http["status"] = 503  # loading or draining: not ready, and no second opinion from gRPC
+    run = _check({"MIMO_HTTP_PORT": str(fake_http["port"]), "MIMO_PORT": free})
+    assert run.returncode == 1 and "503" in run.stderr, run.stdout + run.stderr
+
+
+def test_healthcheck_falls_back_to_grpc_when_http_is_off_or_absent():
+    pytest.importorskip("grpc_health")
+    import grpc
+    from concurrent import futures
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        for http_port in ("0", str(_free_port())):  # off, and on but nothing listening there
+            run = _check({"MIMO_HTTP_PORT": http_port, "MIMO_PORT": str(grpc_port)})
+            assert run.returncode == 0 and "SERVING" in run.stdout, (http_port, run.stdout + run.stderr)
+        servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        run = _check({"MIMO_HTTP_PORT": "0", "MIMO_PORT": str(grpc_port)})
+        assert run.returncode == 1, run.stdout + run.stderr
+    finally:
+        server.stop(0)
+    # nothing on either port: unhealthy
+    run = _check({"MIMO_HTTP_PORT": str(_free_port()), "MIMO_PORT": str(_free_port())})
+    assert run.returncode == 1, run.stdout + run.stderr

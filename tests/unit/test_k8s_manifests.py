@@ -127,8 +127,12 @@ def test_kubernetes_validate_rejects_a_broken_deployment():
     assert _core_errors(wrong_type) is not None
 
     bad_probe = copy.deepcopy(good)
-    bad_probe["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"] = "grpc"
+    bad_probe["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] = {"grpc": {"port": "grpc"}}
     assert _core_errors(bad_probe) is not None  # grpc probes take a number, not a port name
+
+    bad_http_probe = copy.deepcopy(good)
+    bad_http_probe["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["paht"] = "/v2"
+    assert "paht" in (_core_errors(bad_http_probe) or "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +263,7 @@ def test_crd_validation_rejects_unknown_fields_and_wrong_types():
     broken["spec"]["containers"][0]["portz"] = [{"containerPort": 8500}]      # unknown, deep in a Container
     broken["spec"]["multiModel"] = "no"                                       # boolean expected
     broken["spec"]["supportedModelFormats"][0]["priority"] = 0                # minimum 1
-    broken["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"] = "8500"  # int32 expected
+    broken["spec"]["containers"][0]["readinessProbe"] = {"grpc": {"port": "8500"}}  # int32 expected
     broken["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "two"       # not a quantity
     broken["spec"]["surprise"] = True                                         # unknown at the top of spec
     errors = "\n".join(_kserve_errors(broken))
@@ -272,8 +276,9 @@ def test_crd_validation_rejects_unknown_fields_and_wrong_types():
     broken["spec"]["predictor"]["minReplicas"] = "1"
     broken["metadata"]["annotations"]["serving.kserve.io/enable-prometheus-scraping"] = True  # strings only
     broken["kind"] = "InferenceServices"
+    broken["spec"]["predictor"]["model"]["ports"] = [{"name": "http1", "containerPort": "8501"}]  # int32
     errors = "\n".join(_kserve_errors(broken, kind="InferenceService"))
-    for needle in ("storageURI", "minReplicas", "enable-prometheus-scraping", "kind"):
+    for needle in ("storageURI", "minReplicas", "enable-prometheus-scraping", "kind", "ports.0.containerPort"):
         assert needle in errors, f"{needle!r} not reported in:\n{errors}"
 
     duplicate_ports = copy.deepcopy(runtime)  # list-type=map keyed by containerPort+protocol
@@ -324,25 +329,111 @@ def _servers():
     return [d for _, d in _all_docs() if d["kind"] in ("Deployment", "ServingRuntime")]
 
 
+def _flag(args: list[str], name: str) -> str | None:
+    """The value of `--name` in a container's args, as `--name=value` or `--name value` (last wins,
+    as argparse does); None when absent."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _served_ports(container: dict) -> tuple[int, int]:
+    """(gRPC port, HTTP port) the server listens on, from its args; the server's defaults when absent
+    (8500, 8501); HTTP 0 = off."""
+    args = container.get("args", [])
+    grpc_port, http_port = _flag(args, "--port"), _flag(args, "--http-port")
+    return int(grpc_port or 8500), int(8501 if http_port is None else http_port)
+
+
+def _port_number(container: dict, port) -> int:
+    """A probe's port: a number, or the name of one of the container's ports."""
+    if isinstance(port, int):
+        return port
+    named = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+    assert port in named, f"probe port {port!r} names no container port ({sorted(named)})"
+    return named[port]
+
+
+# the health endpoints each probe may ask (KServe v2 REST): not-ready must never restart a pod
+HTTP_PROBE_PATHS = {
+    "startupProbe": {"/v2/health/ready"},
+    "readinessProbe": {"/v2/health/ready"},
+    "livenessProbe": {"/v2/health/live", "/v2/health/ready"},
+}
+
+
 @pytest.mark.parametrize("doc", _servers(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
-def test_probes_ask_the_grpc_health_service_on_the_served_port(doc):
+def test_probes_ask_the_health_endpoints_on_the_served_ports(doc):
+    """Each probe is either `grpc:` on --port (grpc.health.v1, service "" = the server is ready) or
+    `httpGet:` on --http-port (HTTP on) asking KServe v2 REST's health endpoint for that probe."""
     facts = _dockerfile_facts()
     for pod, container in _pod_containers(doc):
         ports = {p["containerPort"] for p in container.get("ports", [])}
         assert ports and ports <= facts["ports"], (ports, facts["ports"])
-        args = " ".join(container.get("args", []))
-        grpc_port = int(re.search(r"--port[= ](\d+)", args).group(1)) if "--port" in args else 8500
+        grpc_port, http_port = _served_ports(container)
         assert grpc_port in ports
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-            assert "grpc" in container[probe], f"{probe} must be a grpc: probe"
-            assert container[probe]["grpc"]["port"] == grpc_port
-            assert container[probe]["grpc"].get("service", "") == ""  # "" = the server is ready
+            spec = container[probe]
+            kinds = {"grpc", "httpGet", "tcpSocket", "exec"} & set(spec)
+            assert kinds in ({"grpc"}, {"httpGet"}), f"{probe} must be a grpc: or an httpGet: probe, not {kinds}"
+            if "grpc" in spec:
+                assert spec["grpc"]["port"] == grpc_port, f"{probe}: gRPC health lives on --port {grpc_port}"
+                assert spec["grpc"].get("service", "") == ""  # "" = the server is ready
+            else:
+                get = spec["httpGet"]
+                assert http_port, f"{probe} asks HTTP, but the server runs with --http-port 0"
+                assert _port_number(container, get["port"]) == http_port, f"{probe}: HTTP lives on --http-port {http_port}"
+                assert get["path"] in HTTP_PROBE_PATHS[probe], (probe, get["path"])
+                assert get.get("scheme", "HTTP") == "HTTP"  # the manifests configure no TLS
+                assert not get.get("httpHeaders"), "health is open: a probe needs no token"
         res = container["resources"]
         assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["memory"]
         security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
         assert security.get("runAsNonRoot") is True
         assert security.get("runAsUser") == facts["uid"], "runAsUser must be the image's USER"
         assert security.get("allowPrivilegeEscalation", False) is False
+
+
+@pytest.mark.parametrize("doc", _servers(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+def test_the_http_port_is_a_container_port_the_image_exposes(doc):
+    """--http-port is given explicitly (a change of the server's default must not move the probes'
+    port), is a containerPort with an HTTP name, the Dockerfile EXPOSEs it, and a Deployment's
+    Services publish it as appProtocol http."""
+    exposed = _dockerfile_facts()["ports"]
+    assert 8501 in exposed, "the Dockerfile must EXPOSE the HTTP port (8501)"
+    for _, container in _pod_containers(doc):
+        assert _flag(container.get("args", []), "--http-port") is not None, "pass --http-port explicitly"
+        _, http_port = _served_ports(container)
+        assert http_port, "HTTP is off (--http-port 0): the REST APIs and the HTTP probes need it"
+        by_number = {p["containerPort"]: p for p in container.get("ports", [])}
+        assert http_port in by_number, f"--http-port {http_port} is not a containerPort"
+        assert by_number[http_port]["name"].startswith("http"), by_number[http_port]
+        assert by_number[http_port].get("protocol", "TCP") == "TCP"
+        assert http_port in exposed, f"the Dockerfile does not EXPOSE {http_port}"
+        if doc["kind"] != "Deployment":
+            continue
+        http_name = by_number[http_port]["name"]
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        services = [s for s in _find("Service") if s["spec"]["selector"].items() <= labels.items()
+                    and s["spec"].get("clusterIP") != "None"]
+        assert services, f"no Service for Deployment {doc['metadata']['name']}"
+        for svc in services:
+            http = [p for p in svc["spec"]["ports"] if p["targetPort"] in (http_name, http_port)]
+            assert len(http) == 1 and http[0].get("appProtocol") == "http", (svc["metadata"]["name"], http)
+
+
+def test_the_dockerfile_environment_matches_its_exposed_ports():
+    """The image's MIMO_PORT, MIMO_HTTP_PORT and MIMO_METRICS_PORT are the ports it EXPOSEs."""
+    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
+    env_lines = " ".join(line for line in text.splitlines() if re.match(r"\s*ENV\s", line))
+    env = dict(re.findall(r"\b(MIMO_(?:HTTP_|METRICS_)?PORT)=(\d+)", env_lines))
+    assert set(env) == {"MIMO_PORT", "MIMO_HTTP_PORT", "MIMO_METRICS_PORT"}, env
+    assert {int(v) for v in env.values()} == _dockerfile_facts()["ports"], (env, _dockerfile_facts()["ports"])
+    assert env["MIMO_HTTP_PORT"] == "8501"
 
 
 def test_gpu_variants_request_a_gpu():
@@ -383,9 +474,67 @@ def test_services_and_autoscalers_point_at_the_deployments():
             assert _find("PersistentVolumeClaim", claim), f"no PVC {claim}"
 
 
+def _merged_ports(runtime_ports: list[dict], isvc_ports: list[dict]) -> list[dict]:
+    """The predictor container's ports as KServe makes them: MergeRuntimeContainers applies the
+    InferenceService's container to the runtime's as a strategic merge patch, and Container.ports
+    merges by containerPort. Order, as apimachinery's mergeSlice/normalizeElementOrder/mergeSortedSlice
+    make it: the patch's entries in the patch's order, each runtime-only entry inserted before the
+    first patch entry it precedes in the runtime's list (so an entry both lists keeps the runtime's
+    place unless the patch names every port). test_the_port_merge_matches_kubectl checks this against
+    the real library where kubectl is installed."""
+    key = lambda p: p["containerPort"]  # noqa: E731
+    original = [key(p) for p in runtime_ports]
+    patch = [{**next((o for o in runtime_ports if key(o) == key(p)), {}), **p} for p in isvc_ports]
+    server_only = [o for o in runtime_ports if key(o) not in {key(p) for p in isvc_ports}]
+    place = lambda p: original.index(key(p)) if key(p) in original else -1  # noqa: E731
+    merged, i, j = [], 0, 0
+    while i < len(server_only) or j < len(patch):
+        if j >= len(patch) or (i < len(server_only) and 0 <= place(server_only[i]) < place(patch[j])):
+            merged.append(server_only[i])
+            i += 1
+        else:
+            merged.append(patch[j])
+            j += 1
+    return merged
+
+
+PORT_MERGE_CASES = [  # (runtime ports, InferenceService ports, first merged port)
+    ([("h2c", 8500), ("http1", 8501)], [], 8500),
+    ([("h2c", 8500), ("http1", 8501)], [("http1", 8501)], 8500),  # listing only http1 does not move it
+    ([("h2c", 8500), ("http1", 8501)], [("http1", 8501), ("h2c", 8500)], 8501),
+    ([("h2c", 8500)], [("http1", 8501)], 8501),
+    ([], [("h2c", 9000)], 9000),  # KServe's Triton grpc-v2 example
+]
+
+
+def _ports(pairs) -> list[dict]:
+    return [{"name": n, "containerPort": c, "protocol": "TCP"} for n, c in pairs]
+
+
+@pytest.mark.parametrize("runtime_ports,isvc_ports,first", PORT_MERGE_CASES)
+def test_the_port_merge_matches_kubectl(tmp_path, runtime_ports, isvc_ports, first):
+    merged = _merged_ports(_ports(runtime_ports), _ports(isvc_ports))
+    assert merged[0]["containerPort"] == first
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("kubectl is not installed: the emulation is checked against the cases above only")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"containers": [{"name": "c", "image": "x", "ports": _ports(runtime_ports)}]}}
+    (tmp_path / "pod.json").write_text(json.dumps(pod))
+    patch = {"spec": {"containers": [{"name": "c", "ports": _ports(isvc_ports)}]}}
+    run = subprocess.run([kubectl, "patch", "--local", "-f", str(tmp_path / "pod.json"), "--type", "strategic",
+                          "-p", json.dumps(patch), "-o", "json"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)["spec"]["containers"][0].get("ports", [])
+    assert [p["containerPort"] for p in got] == [p["containerPort"] for p in merged]
+
+
 def test_inference_services_use_a_runtime_that_serves_them():
+    """KServe routes to the predictor's first container port: grpc-v2 must land on h2c (--port),
+    v2 (REST) on the HTTP port (--http-port), after the InferenceService's `ports` are merged in."""
     runtimes = {d["metadata"]["name"]: d for d in _find("ServingRuntime")}
     for isvc in _find("InferenceService"):
+        name = isvc["metadata"]["name"]
         model = isvc["spec"]["predictor"]["model"]
         runtime = runtimes[model["runtime"]]
         formats = {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
@@ -394,15 +543,37 @@ def test_inference_services_use_a_runtime_that_serves_them():
         assert re.match(r"^(s3|gs|pvc|https?|hdfs|webhdfs|oci|hf)://", model["storageUri"])
         for c in runtime["spec"]["containers"]:
             assert "--model-repository=/mnt/models" in c["args"]  # where the storage initializer writes
-            assert c["ports"][0]["name"] == "h2c"  # gRPC: Knative/KServe route HTTP/2 cleartext to it
+            assert c["ports"][0]["name"] == "h2c"  # the runtime's default route: gRPC, HTTP/2 cleartext
+        container = runtime["spec"]["containers"][0]  # KServe merges the model into the first container
+        grpc_port, http_port = _served_ports(container)
+        own = model.get("ports", [])
+        merged = _merged_ports(container.get("ports", []), own)
+        assert len({p["name"] for p in merged}) == len(merged), f"{name}: duplicate port names {merged}"
+        first = merged[0]
+        if model["protocolVersion"] == "v2":
+            assert own and own[0]["name"].startswith("http"), f"{name}: v2 needs its own ports, HTTP first"
+            assert first["name"].startswith("http") and first["containerPort"] == http_port, (name, merged)
+        elif model["protocolVersion"] == "grpc-v2":
+            assert first["name"] == "h2c" and first["containerPort"] == grpc_port, (name, merged)
+        else:
+            raise AssertionError(f"{name}: protocolVersion {model['protocolVersion']} is not served")
+    assert {i["spec"]["predictor"]["model"]["protocolVersion"] for i in _find("InferenceService")} == {"v2", "grpc-v2"}
 
 
 def test_runtimes_advertise_only_the_protocols_their_ports_speak():
-    """KServe routes `v2` (REST) traffic to the runtime's port: listing it beside a gRPC-only port
-    would send HTTP/1.1 requests to gRPC. `v2` needs an HTTP container port."""
+    """KServe routes `v2` (REST) traffic to an HTTP port and `grpc-v2` to h2c: each protocol listed
+    needs a container port that speaks it, where the server listens (--http-port, --port)."""
     for runtime in _find("ServingRuntime"):
+        name = runtime["metadata"]["name"]
         protocols = set(runtime["spec"]["protocolVersions"])
-        ports = [p for c in runtime["spec"]["containers"] for p in c.get("ports", [])]
-        assert "grpc-v2" in protocols and any(p["name"] == "h2c" for p in ports)
-        if "v2" in protocols:
-            assert any(p["name"].startswith("http") for p in ports), runtime["metadata"]["name"]
+        assert protocols <= {"v2", "grpc-v2"}, f"{name}: mimo serves no {protocols - {'v2', 'grpc-v2'}}"
+        for container in runtime["spec"]["containers"]:
+            grpc_port, http_port = _served_ports(container)
+            ports = container.get("ports", [])
+            assert "grpc-v2" in protocols
+            assert [p["containerPort"] for p in ports if p["name"] == "h2c"] == [grpc_port], (name, ports)
+            http = [p["containerPort"] for p in ports if p["name"].startswith("http")]
+            if "v2" in protocols:
+                assert http_port and http == [http_port], (name, http_port, ports)
+            else:
+                assert not http, f"{name}: an HTTP port but no v2 in protocolVersions"
