@@ -484,6 +484,8 @@ def run_peers(bench: Bench, repo: Path) -> list[dict]:
 
 
 def run_peers_http(bench: Bench) -> list[dict]:
+    # MLServer's REST API reads JSON tensors only, and perf_analyzer -i http sends binary ones: its
+    # runs here fail ("failed to parse the request JSON buffer"); run_rest_json compares it.
     """perf_analyzer -i http against the REST front ends of Triton (python backend) and MLServer,
     started from ../shared/peers as run_all.sh starts them (same models, pinned the same way)."""
     root = bench.args.cache / "peers-root"
@@ -504,6 +506,86 @@ def run_peers_http(bench: Bench) -> list[dict]:
                 for conc in bench.args.concurrency:
                     rows.append(bench.perf(name, "http", model, conc, grpc_port, server.pid, count_cpu=False,
                                            keep=False, http_port=grpc_port - 1))
+        except RuntimeError as exc:
+            print(f"  {name}: {exc}", flush=True)
+        finally:
+            stop(server)
+    return rows
+
+
+_WRK_SCRIPT = """local f = io.open(os.getenv("MIMO_WRK_BODY"), "rb")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def _json_body(data_file: Path) -> bytes:
+    """A KServe v2 JSON request of the first perf_analyzer sample (batch 1)."""
+    sample = json.loads(data_file.read_text())["data"][0]
+    inputs = []
+    for name, tensor in sample.items():
+        content = tensor["content"] if isinstance(tensor, dict) else tensor
+        shape = [1] + list(tensor.get("shape", [len(content)])) if isinstance(tensor, dict) else [1, len(content)]
+        datatype = "FP32" if any(isinstance(v, float) for v in content) else "INT32"
+        inputs.append({"name": name, "datatype": datatype, "shape": shape, "data": content})
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def wrk_json(bench: Bench, server: str, model: str, conc: int, port: int) -> dict:
+    """JSON tensors (what MLServer's REST API takes; perf_analyzer -i http sends Triton's binary
+    form, which MLServer does not read): wrk on the client core, keep-alive, `conc` connections."""
+    body, script = bench.out / f"body-{model}.json", bench.out / "post.lua"
+    body.write_bytes(_json_body(bench.data[model]))
+    script.write_text(_WRK_SCRIPT)
+    command = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{conc}", f"-d{max(2, bench.args.window_ms * 3 // 1000)}s",
+               "--latency", "-s", str(script), f"http://127.0.0.1:{port}/v2/models/{model}/infer"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "MIMO_WRK_BODY": str(body)})
+    out = done.stdout
+    row = {"server": server, "mode": "http json", "model": model, "data": model, "conc": conc, "infer_s": None,
+           "p50_ms": None, "p99_ms": None, "cpu_us": None, "load1": round(load1(), 2), "note": ""}
+    try:
+        row["infer_s"] = float(out.split("Requests/sec:")[1].split()[0])
+        latency = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip().startswith(("50%", "99%"))}
+        row["p50_ms"], row["p99_ms"] = (_ms(latency["50%"]), _ms(latency["99%"]))
+        errors = [line.strip() for line in out.splitlines() if "Non-2xx" in line or "Socket errors" in line]
+        row["note"] = "; ".join(errors)
+    except (IndexError, KeyError, ValueError):
+        row["note"] = f"FAIL: {(done.stderr or out).strip()[-120:]}"
+    print(f"  {server:22s} http json {model:8s} c={conc:<3d} "
+          + ("FAIL" if row["infer_s"] is None else f"{row['infer_s']:8.0f}/s p50 {row['p50_ms']:7.3f} p99 "
+             f"{row['p99_ms']:7.3f} ms") + f" (load {row['load1']}) {row['note']}", flush=True)
+    return row
+
+
+def _ms(text: str) -> float:
+    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    raise ValueError(text)
+
+
+def run_rest_json(bench: Bench, repo: Path) -> list[dict]:
+    """KServe v2 REST with JSON tensors, the same requests to mimo, Triton and MLServer (wrk)."""
+    if not shutil.which("wrk"):
+        print("== REST JSON skipped: wrk not installed (apt-get install wrk)", flush=True)
+        return []
+    root = bench.args.cache / "peers-root"
+    plan = [("mimo", MIMO + ["serve", "--model-repository", str(repo), "--port", str(MIMO_PORT), "--metrics-port",
+                             "0", "--http-port", str(MIMO_HTTP_PORT), "--log-level", "WARNING"], MIMO_PORT, {})]
+    shim = {"PYTHONPATH": str(HERE / "peer_shims"), "MIMO_BENCH_MLSERVER_REST_SHIM": "1", "ROOT": str(root)}
+    if (root / "models" / "mlp.onnx").exists():
+        plan += [(peer, ["bash", str(bench.args.peers_dir / script), str(root / "models"), *arguments, str(port)],
+                  port, shim) for peer, (script, arguments, port) in HTTP_PEERS.items() if peer in bench.args.peer_list]
+    rows = []
+    for name, command, grpc_port, env in plan:
+        http_port = MIMO_HTTP_PORT if name == "mimo" else grpc_port - 1
+        print(f"== REST JSON: {name} (HTTP {http_port})", flush=True)
+        server = start(command, bench.out / f"{name}.json.server.log", env=env)
+        try:
+            wait_ready(grpc_port, ["mlp", "qa"], server)
+            rows += [wrk_json(bench, name, model, conc, http_port) for model in ("mlp", "qa")
+                     for conc in bench.args.concurrency]
         except RuntimeError as exc:
             print(f"  {name}: {exc}", flush=True)
         finally:
@@ -549,7 +631,7 @@ def main() -> int:
     ap.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     ap.add_argument("--skip", nargs="*", default=[],
                     choices=["floor-ort", "floor", "idle", "grpc-aio", "nobatch", "asyncio", "workers", "padding",
-                             "peers-http"],
+                             "peers-http", "rest-json"],
                     help="leave steps out")
     ap.add_argument("--perf-analyzer", type=Path, default=PROJECT / ".venv-pa" / "bin" / "perf_analyzer")
     ap.add_argument("--peers-dir", type=Path, default=Path(os.environ.get("PEERS_DIR", PROJECT.parent / "shared" / "peers")))
@@ -609,6 +691,7 @@ def main() -> int:
         padding = {} if "padding" in args.skip else run_padding(bench, repo)
         peers = run_peers(bench, repo) if args.peers else []
         peers += run_peers_http(bench) if args.peers and "peers-http" not in args.skip else []
+        peers += run_rest_json(bench, repo) if "rest-json" not in args.skip else []
     finally:
         stop_all()
     meta["uptime_after"] = _uptime()
