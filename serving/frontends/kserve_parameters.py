@@ -6,6 +6,8 @@ from typing import Any, Mapping
 
 from mimo.serving.core.errors import InvalidArgument
 
+READ = ("signature_name", "timeout")  # the parameters below; the others are ignored
+
 
 def signature_name(parameters: Mapping[str, Any]) -> str:
     """`signature_name`: which of the model's signatures to run ("" = serving_default)."""
