@@ -271,20 +271,26 @@ def test_a_handler_exception_is_500_json_without_a_traceback(served, caplog):
     assert any(r.exc_info and "secret" in str(r.exc_info[1]) for r in caplog.records)
 
 
+def _slow_request(served, seconds: float) -> tuple[threading.Thread, dict]:
+    """A GET the handler takes `seconds` to answer, started in a thread; returns once it runs."""
+    result = {}
+
+    def slow():
+        conn = served.connection()
+        conn.request("GET", f"/slow/{seconds:g}")
+        response = conn.getresponse()
+        result["status"], result["body"] = response.status, response.read()
+
+    client = threading.Thread(target=slow)
+    client.start()
+    assert served.handler.started.wait(5)
+    return client, result
+
+
 def test_stop_lets_a_request_in_progress_finish_within_grace():
     served = Served()
     try:
-        result = {}
-
-        def slow():
-            conn = served.connection()
-            conn.request("GET", "/slow/1")
-            response = conn.getresponse()
-            result["status"], result["body"] = response.status, response.read()
-
-        client = threading.Thread(target=slow)
-        client.start()
-        assert served.handler.started.wait(5)
+        client, result = _slow_request(served, 1)
         start = time.monotonic()
         served.stop(grace=10)
         took = time.monotonic() - start
@@ -300,17 +306,7 @@ def test_stop_lets_a_request_in_progress_finish_within_grace():
 def test_stop_answers_503_to_what_outlasts_the_grace_period():
     served = Served()
     try:
-        result = {}
-
-        def slow():
-            conn = served.connection()
-            conn.request("GET", "/slow/30")
-            response = conn.getresponse()
-            result["status"], result["body"] = response.status, response.read()
-
-        client = threading.Thread(target=slow)
-        client.start()
-        assert served.handler.started.wait(5)
+        client, result = _slow_request(served, 30)
         start = time.monotonic()
         served.stop(grace=0.3)
         assert time.monotonic() - start < 3
