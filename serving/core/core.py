@@ -25,8 +25,9 @@ from mimo.serving.core.statistics import ModelStats, record_rejected
 from mimo.serving.core.validation import DEFAULT_SIGNATURE, validate_request
 from mimo.serving.settings import ServerSettings
 
-# A version's states, as the index and the front ends report them.
-VERSION_STATES = (READY, LOADING, UNLOADING, UNAVAILABLE)
+# The version states are the registry's; front ends take them from here.
+__all__ = ["Core", "InferResult", "ModelInfo", "ServerInfo", "VersionState", "EXTENSIONS",
+           "LOADING", "READY", "UNAVAILABLE", "UNLOADING"]
 # Triton's names for what mimo's KServe v2 front ends implement beyond the core protocol.
 EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics", "model_configuration", "schedule_policy")
 

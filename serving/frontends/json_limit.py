@@ -11,6 +11,7 @@ from __future__ import annotations
 from mimo.serving.core.errors import InvalidArgument
 
 MAX_JSON_BYTES = 8 << 20
+MAX_TENSOR_ELEMENTS = 2**31  # per tensor, checked before building it; the body limit bounds the rest
 
 
 def check_json_size(size: int, remedy: str) -> None:

@@ -19,11 +19,10 @@ from mimo.serving.frontends import kserve_parameters
 from mimo.serving.frontends.kserve_grpc import model_config, statistics_message
 from mimo.serving.frontends.proto_json import message_json
 from mimo.serving.frontends.http_status import json_response
-from mimo.serving.frontends.json_limit import check_json_size
+from mimo.serving.frontends.json_limit import MAX_TENSOR_ELEMENTS, check_json_size
 from mimo.serving.transports.base import HttpRequest, HttpResponse
 
 HEADER_LENGTH = "inference-header-content-length"
-MAX_ELEMENTS = 2**31  # per tensor; the body limit bounds what can really arrive
 
 
 class KServeRest:
@@ -72,7 +71,7 @@ class KServeRest:
                         "send large tensors as binary data (Inference-Header-Content-Length and each input's "
                         "binary_data_size; tritonclient's set_data_from_numpy(..., binary_data=True))")
         try:
-            decoded = rest_codec.decode_infer_request(request.body, header_length, MAX_ELEMENTS)
+            decoded = rest_codec.decode_infer_request(request.body, header_length, MAX_TENSOR_ELEMENTS)
         except CodecError as exc:
             raise InvalidArgument(str(exc)) from None
         parameters = decoded.parameters

@@ -90,12 +90,17 @@ class ModelStatusServicer(tfs_grpc.ModelServiceServicer):
             found = self.core.versions(request.model_spec.name, wanted)
         except Exception as exc:  # noqa: BLE001
             await abort(context, exc)
-        response = tfs.GetModelStatusResponse()
-        for version in found:
-            status = response.model_version_status.add(version=version.version, state=VERSION_STATES[version.state])
-            status.status.error_code = tf_errors.OK if version.state == READY else tf_errors.UNAVAILABLE
-            status.status.error_message = version.reason
-        return response
+        return model_status(found)
+
+
+def model_status(versions) -> tfs.GetModelStatusResponse:
+    """GetModelStatus's answer for the core's VersionStates (the REST status sends it as JSON)."""
+    response = tfs.GetModelStatusResponse()
+    for version in versions:
+        status = response.model_version_status.add(version=version.version, state=VERSION_STATES[version.state])
+        status.status.error_code = tf_errors.OK if version.state == READY else tf_errors.UNAVAILABLE
+        status.status.error_message = version.reason
+    return response
 
 
 def add_tf_serving(server, core: Core) -> list[str]:

@@ -11,18 +11,15 @@ from __future__ import annotations
 from google.protobuf import json_format
 
 from mimo.protos import rest_codec
-from mimo.protos import tf_error_codes_pb2 as tf_errors
-from mimo.protos import tf_serving_pb2 as tfs
 from mimo.protos.errors import CodecError
-from mimo.serving.core.core import READY, Core
+from mimo.serving.core.core import Core
 from mimo.serving.core.errors import InvalidArgument, NotFound
 from mimo.serving.core.validation import signature_of
 from mimo.serving.frontends.http_status import json_response
-from mimo.serving.frontends.json_limit import check_json_size
-from mimo.serving.frontends.tfserving_grpc import VERSION_STATES, signature_defs
+from mimo.serving.frontends.json_limit import MAX_TENSOR_ELEMENTS, check_json_size
+from mimo.serving.frontends.tfserving_grpc import model_status, signature_defs
 from mimo.serving.transports.base import HttpRequest, HttpResponse
 
-MAX_ELEMENTS = 2**31  # per tensor; the body limit bounds what can really arrive
 
 
 class TfServingRest:
@@ -41,7 +38,7 @@ class TfServingRest:
         check_json_size(len(request.body), "split the batch over several requests, or send large tensors over "
                                            "gRPC (tensor_content) or KServe v2 REST's binary tensors")
         try:
-            decoded = rest_codec.decode_predict_request(request.body, ranks, MAX_ELEMENTS)
+            decoded = rest_codec.decode_predict_request(request.body, ranks, MAX_TENSOR_ELEMENTS)
         except CodecError as exc:
             raise InvalidArgument(str(exc)) from None
         # The version decoded against: a newer one taking over meanwhile must not change the contract.
@@ -50,12 +47,7 @@ class TfServingRest:
                             [("content-type", "application/json")])
 
     async def status(self, request: HttpRequest, model: str, version: str = "") -> HttpResponse:
-        response = tfs.GetModelStatusResponse()
-        for found in self.core.versions(model, _number(version)):
-            status = response.model_version_status.add(version=found.version, state=VERSION_STATES[found.state])
-            status.status.error_code = tf_errors.OK if found.state == READY else tf_errors.UNAVAILABLE
-            status.status.error_message = found.reason
-        return json_response(_proto_json(response))
+        return json_response(_proto_json(model_status(self.core.versions(model, _number(version)))))
 
     async def metadata(self, request: HttpRequest, model: str, version: str = "") -> HttpResponse:
         info = self.core.model(model, version)
