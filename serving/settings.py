@@ -65,7 +65,8 @@ class ServerSettings:
         "auto", "where models run: 'inline' on the event loop (no thread hand-off), 'thread' in "
         "--instances worker threads (batches grow while one computes), 'auto' (default): a "
         "request that finds its model idle runs inline if the model computes in under 1 ms, "
-        "queued work inline under 50 us per execution and in threads otherwise", choices=EXECUTION)
+        "queued work inline under 50 us per execution and in threads otherwise, and such cheap "
+        "work in threads too while they are seen to batch 4 requests or more", choices=EXECUTION)
     workers: int = option(
         1, "server processes sharing the port (SO_REUSEPORT); each loads every model "
         "(default 1). --metrics-port then serves every worker's metrics, labelled worker=\"i\", "

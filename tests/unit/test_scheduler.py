@@ -11,7 +11,10 @@ import pytest
 
 from mimo.serving.core.backends.base import Backend
 from mimo.serving.core.errors import DeadlineExceeded
-from mimo.serving.core.scheduler import IDLE_INLINE_MAX_NS, Scheduler, SchedulerOptions
+from mimo.serving.core.scheduler import (
+    IDLE_INLINE_MAX_NS, PROBE_EVERY, PROBE_LENGTH, THREAD_PAYS_BATCH, Scheduler,
+    SchedulerOptions,
+)
 from mimo.serving.core.statistics import ModelStats
 
 
@@ -89,3 +92,42 @@ def test_auto_runs_a_large_request_in_a_thread_even_when_the_model_is_idle():
     small, large = asyncio.run(main())
     assert small == threading.main_thread().name  # inline: the loop's own thread
     assert large.startswith("mimo-sizes-")  # a worker
+
+
+def test_auto_probes_threads_now_and_then_and_keeps_them_while_they_batch():
+    """Cheap work runs inline, except a probe of PROBE_LENGTH executions every PROBE_EVERY; work
+    stays in threads while their batches pay for the hand-off, and comes back when they shrink."""
+    async def main():
+        backend = Counting()
+        scheduler = _scheduler(backend, "probe", execution="auto")
+        one = lambda: scheduler.infer(_x(), ["y"], "serving_default")
+        await one()  # no time known yet: a thread
+        await asyncio.sleep(0.002)
+        first = len(backend.threads)
+        for _ in range(PROBE_EVERY + PROBE_LENGTH + 4):  # one at a time, idle in between
+            await one()
+            await asyncio.sleep(0.0002)
+        sparse = backend.threads[first:]
+        # A probe under load: 64 at once batch (32 a batch), so threads are kept ...
+        for _ in range(PROBE_EVERY - 4):
+            await one()
+            await asyncio.sleep(0.0002)
+        mark = len(backend.threads)
+        await asyncio.gather(*(one() for _ in range(PROBE_LENGTH * 64)))
+        loaded = backend.threads[mark:]
+        # ... until single requests bring the thread batches under THREAD_PAYS_BATCH.
+        kept = scheduler._thread_batch
+        mark = len(backend.threads)
+        for _ in range(PROBE_LENGTH + 8):
+            await one()
+            await asyncio.sleep(0.0002)
+        after = backend.threads[mark:]
+        scheduler.close()
+        return sparse, loaded, kept, after
+
+    sparse, loaded, kept, after = asyncio.run(main())
+    main_thread = threading.main_thread().name
+    assert sparse == [main_thread] * PROBE_EVERY + ["mimo-probe-0"] * PROBE_LENGTH + [main_thread] * 4
+    assert set(loaded) == {"mimo-probe-0"} and len(loaded) >= PROBE_LENGTH * 2  # batches of up to 32
+    assert kept >= THREAD_PAYS_BATCH
+    assert after[0] == "mimo-probe-0" and after[-4:] == [main_thread] * 4
