@@ -9,7 +9,8 @@ TF Serving (tensorflow.*): server  decode_predict_request / encode_predict_respo
 Raw bytes (raw_input_contents / raw_output_contents / tensor_content) are
 the fast path: little-endian, row-major, decoded with np.frombuffer (no Python
 lists; the arrays are read-only views of the message bytes) and encoded with
-one arr.tobytes(). The typed fields are accepted and can be produced too.
+one arr.tobytes(). A server parses a large ModelInferRequest with
+parse_infer_request: its raw contents stay in the request's bytes (no copy). The typed fields are accepted and can be produced too.
 BYTES tensors are numpy object arrays of `bytes` (str is encoded as UTF-8).
 Every decoding problem raises CodecError naming the tensor.
 """
@@ -18,19 +19,23 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from mimo.protos import grpc_service_pb2 as _v2
 from mimo.protos import tf_framework_pb2 as _tf
 from mimo.protos import tf_serving_pb2 as _tfs
+from mimo.protos import wire
 from mimo.protos.dtypes import BY_TF, DTYPES, DType, from_numpy
 from mimo.protos.errors import CodecError
 
 _LEN = struct.Struct("<I")  # v2 BYTES element length prefix
 _BYTES = DTYPES["BYTES"]
 _FP16 = DTYPES["FP16"]
+# From this size on, parse_infer_request leaves raw contents in the request's bytes: below it the
+# copies cost less than walking the fields in Python.
+ZERO_COPY_MIN_BYTES = 64 * 1024
 # numpy (and every backend) counts elements and bytes in int64; a shape past that is refused here
 # rather than failing inside numpy. (Zero dims do not save it: numpy checks the non-zero product.)
 _MAX_ELEMENTS = (2**63 - 1) // 8
@@ -161,7 +166,7 @@ def _decode_v2(tensors, raws, kind: str) -> dict[str, np.ndarray]:
                 raise CodecError("has typed contents but the message uses raw contents", name, kind)
             data = raws[i]
             if entry is _BYTES:
-                out[name] = _decode_v2_bytes(data, shape, name, kind)
+                out[name] = _decode_v2_bytes(bytes(data), shape, name, kind)  # elements: bytes, not views
             else:
                 out[name] = _frombuffer(entry, data, shape, name, kind)
             continue
@@ -229,9 +234,33 @@ def _set_parameters(target, parameters: Mapping[str, Any] | None) -> None:
             raise CodecError(f"parameter {key!r}: unsupported type {type(value).__name__}")
 
 
-def decode_infer_request(request) -> dict[str, np.ndarray]:
-    """Server: ModelInferRequest inputs -> {name: array} (raw or typed contents)."""
-    return _decode_v2(request.inputs, request.raw_input_contents, "input")
+class InferRequest(NamedTuple):
+    """A server's parsed ModelInferRequest: the message and its raw contents, one bytes-like per
+    input (views of the request's bytes, which the message then does not hold), or none."""
+
+    message: Any
+    raw: Sequence
+
+
+def parse_infer_request(payload: bytes) -> InferRequest:
+    """Server: a serialized ModelInferRequest. A large one goes through protobuf's parser without
+    its raw contents, which numpy then reads where they arrived: no copy of the tensor bytes."""
+    if len(payload) >= ZERO_COPY_MIN_BYTES:
+        split = wire.split_raw_contents(payload)
+        if split is not None:
+            rest, raw = split
+            return InferRequest(_v2.ModelInferRequest.FromString(rest), raw)
+    message = _v2.ModelInferRequest.FromString(payload)
+    return InferRequest(message, message.raw_input_contents)
+
+
+parse_infer_request.message_class = _v2.ModelInferRequest  # for checks made before parsing
+
+
+def decode_infer_request(request, raw: Sequence | None = None) -> dict[str, np.ndarray]:
+    """Server: ModelInferRequest inputs -> {name: array} (raw or typed contents); `raw`, when
+    given, holds the raw contents in place of the message's (see parse_infer_request)."""
+    return _decode_v2(request.inputs, request.raw_input_contents if raw is None else raw, "input")
 
 
 def requested_outputs(request) -> list[str]:
@@ -317,8 +346,10 @@ def _decode_tf_strings(data: bytes, count: int, name: str, kind: str) -> list[by
     return items
 
 
-def decode_tensor_proto(proto, name: str = "tensor", kind: str = "tensor", max_bytes: int | None = None) -> np.ndarray:
-    """A tensorflow.TensorProto -> array (tensor_content raw, or the typed *_val field).
+def decode_tensor_proto(proto, name: str = "tensor", kind: str = "tensor", max_bytes: int | None = None,
+                        content=None) -> np.ndarray:
+    """A tensorflow.TensorProto -> array (tensor_content raw, or the typed *_val field); `content`,
+    when given, is the tensor_content the message does not hold (see parse_predict_request).
 
     One typed value for a larger shape is broadcast (as TensorFlow does), to at most `max_bytes`.
     """
@@ -330,12 +361,13 @@ def decode_tensor_proto(proto, name: str = "tensor", kind: str = "tensor", max_b
         raise CodecError("tensor shape has unknown rank", name, kind)
     shape = _shape((d.size for d in proto.tensor_shape.dim), name, kind)
     values = getattr(proto, entry.tf_field)
-    content = proto.tensor_content
+    if content is None:
+        content = proto.tensor_content
     if content:
         if len(values):
             raise CodecError(f"has both tensor_content and {entry.tf_field}", name, kind)
         if entry is _BYTES:
-            return _object_array(_decode_tf_strings(content, math.prod(shape), name, kind), shape)
+            return _object_array(_decode_tf_strings(bytes(content), math.prod(shape), name, kind), shape)
         return _frombuffer(entry, content, shape, name, kind)
     return _from_values(entry, values, shape, name, kind, broadcast=True, max_bytes=max_bytes)
 
@@ -360,8 +392,10 @@ def encode_tensor_proto(value: Any, proto=None, raw: bool = True, name: str = "t
     return proto
 
 
-def _decode_tf_map(tensors, kind: str, max_bytes: int | None = None) -> dict[str, np.ndarray]:
-    return {key: decode_tensor_proto(proto, key, kind, max_bytes) for key, proto in tensors.items()}
+def _decode_tf_map(tensors, kind: str, max_bytes: int | None = None,
+                   contents: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    contents = contents or {}
+    return {key: decode_tensor_proto(proto, key, kind, max_bytes, contents.get(key)) for key, proto in tensors.items()}
 
 
 def _encode_tf_map(target, arrays: Mapping[str, Any], raw: bool, kind: str) -> None:
@@ -377,9 +411,33 @@ def _set_model_spec(spec, model_name: str, version, signature_name: str | None) 
         spec.signature_name = signature_name
 
 
-def decode_predict_request(request, max_bytes: int | None = None) -> dict[str, np.ndarray]:
-    """Server: PredictRequest inputs -> {name: array}; a broadcast value expands to <= max_bytes."""
-    return _decode_tf_map(request.inputs, "input", max_bytes)
+class PredictRequest(NamedTuple):
+    """A server's parsed PredictRequest: the message and, for a large one, its inputs'
+    tensor_content by name (views of the request's bytes, which the message then does not hold)."""
+
+    message: Any
+    contents: Mapping[str, Any]
+
+
+def parse_predict_request(payload: bytes) -> PredictRequest:
+    """Server: a serialized PredictRequest; large tensor contents stay where they arrived (as
+    parse_infer_request does for KServe)."""
+    if len(payload) >= ZERO_COPY_MIN_BYTES:
+        split = wire.split_tensor_contents(payload)
+        if split is not None:
+            rest, contents = split
+            return PredictRequest(_tfs.PredictRequest.FromString(rest), contents)
+    return PredictRequest(_tfs.PredictRequest.FromString(payload), {})
+
+
+parse_predict_request.message_class = _tfs.PredictRequest  # for checks made before parsing
+
+
+def decode_predict_request(request, max_bytes: int | None = None,
+                           contents: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Server: PredictRequest inputs -> {name: array}; a broadcast value expands to <= max_bytes;
+    `contents` holds tensor_content the message does not (see parse_predict_request)."""
+    return _decode_tf_map(request.inputs, "input", max_bytes, contents)
 
 
 def encode_predict_response(

@@ -1,5 +1,5 @@
-"""How many bytes of a request message hold *typed* tensor values, read off the wire format
-without parsing the message.
+"""Request messages read off the wire format without parsing them: how many bytes hold *typed*
+tensor values, and where a ModelInferRequest's raw contents lie.
 
 Typed values (KServe `contents`, TF Serving's `int_val`, `string_val`, ...) cost protobuf's
 parser far more per byte than raw bytes (`raw_input_contents`, `tensor_content`), and the parser
@@ -35,30 +35,38 @@ def _varint(buf: memoryview, at: int) -> tuple[int, int]:
         shift += 7
 
 
-def fields(buf: memoryview):
-    """(field number, wire type, value) for each field of one message; value is a memoryview for
-    length-delimited fields, else None. Stops after MAX_FIELDS (raises OverflowError)."""
+def spans(buf: memoryview):
+    """(field number, wire type, value, start, end) for each field of one message: value is a
+    memoryview for length-delimited fields, else None; buf[start:end] is the whole field, key
+    included. Stops after MAX_FIELDS (raises OverflowError)."""
     at, seen = 0, 0
     while at < len(buf):
         seen += 1
         if seen > MAX_FIELDS:
             raise OverflowError
+        start = at
         key, at = _varint(buf, at)
         number, kind = key >> 3, key & 7
+        value = None
         if kind == 0:
             _, at = _varint(buf, at)
-            yield number, kind, None
         elif kind == 1 or kind == 5:
             at += 8 if kind == 1 else 4
-            yield number, kind, None
         elif kind == LENGTH_DELIMITED:
             size, at = _varint(buf, at)
-            if at + size > len(buf):
-                raise WireError("truncated field")
-            yield number, kind, buf[at:at + size]
+            value = buf[at:at + size]
             at += size
         else:
             raise WireError(f"wire type {kind}")
+        if at > len(buf):
+            raise WireError("truncated field")
+        yield number, kind, value, start, at
+
+
+def fields(buf: memoryview):
+    """(field number, wire type, value) for each field of one message (see spans)."""
+    for number, kind, value, _, _ in spans(buf):
+        yield number, kind, value
 
 
 def _submessages(buf: memoryview, number: int):
@@ -68,9 +76,13 @@ def _submessages(buf: memoryview, number: int):
 
 
 _INFER_INPUTS = kserve.ModelInferRequest.DESCRIPTOR.fields_by_name["inputs"].number
+_INFER_RAW = kserve.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
 _INPUT_CONTENTS = kserve.ModelInferRequest.InferInputTensor.DESCRIPTOR.fields_by_name["contents"].number
 _PREDICT_INPUTS = tfs.PredictRequest.DESCRIPTOR.fields_by_name["inputs"].number
 _MAP_VALUE = 2  # a map entry is {key = 1, value = 2}
+_TENSOR_CONTENT = tfs.PredictRequest.DESCRIPTOR.fields_by_name["inputs"].message_type.fields_by_name[
+    "value"].message_type.fields_by_name["tensor_content"].number
+_MAP_KEY = 1
 _TENSOR_UNTYPED = {f.number for f in tfs.PredictRequest.DESCRIPTOR.fields_by_name["inputs"]
                    .message_type.fields_by_name["value"].message_type.fields
                    if f.name in ("dtype", "tensor_shape", "version_number", "tensor_content")}
@@ -112,3 +124,77 @@ def typed_bytes(message_class, payload: bytes) -> int:
         return len(payload)  # more top-level fields than any request needs: count it all
     except WireError:
         return 0
+
+
+def split_raw_contents(payload: bytes) -> tuple[bytes, list[memoryview]] | None:
+    """A serialized ModelInferRequest without its raw_input_contents, and those contents, in order,
+    as views of `payload` (no copy: protobuf's parser would copy each into the message, and reading
+    the field would copy it again). None when the bytes are not a well-formed message, or have more
+    top-level fields than a request needs: the parser then reads them whole, and words any error."""
+    buf = memoryview(payload)
+    kept, raw, since = [], [], 0
+    try:
+        for number, kind, value, start, end in spans(buf):
+            if number == _INFER_RAW and kind == LENGTH_DELIMITED:
+                kept.append(buf[since:start])
+                raw.append(value)
+                since = end
+    except (OverflowError, WireError):
+        return None
+    kept.append(buf[since:])
+    return b"".join(kept), raw
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_delimited(number: int, body: bytes) -> bytes:
+    return _varint_bytes(number << 3 | LENGTH_DELIMITED) + _varint_bytes(len(body)) + body
+
+
+def _without(buf: memoryview, number: int) -> tuple[bytes, memoryview | None]:
+    """`buf` without its length-delimited field `number`, and that field's last value (proto3:
+    the last one wins)."""
+    kept, found, since = [], None, 0
+    for field, kind, value, start, end in spans(buf):
+        if field == number and kind == LENGTH_DELIMITED:
+            kept.append(buf[since:start])
+            found, since = value, end
+    kept.append(buf[since:])
+    return b"".join(kept), found
+
+
+def split_tensor_contents(payload: bytes) -> tuple[bytes, dict[str, memoryview]] | None:
+    """A serialized PredictRequest without its inputs' tensor_content, and those contents by input
+    name as views of `payload` (no copy), as split_raw_contents does for KServe. None when the
+    bytes are not a well-formed message (or too many fields): the parser then reads them whole."""
+    buf = memoryview(payload)
+    kept, contents, since = [], {}, 0
+    try:
+        for number, kind, entry, start, end in spans(buf):
+            if number != _PREDICT_INPUTS or kind != LENGTH_DELIMITED:
+                continue
+            key, rebuilt, content = "", [], None
+            for field, field_kind, value, field_start, field_end in spans(entry):
+                if field == _MAP_KEY and field_kind == LENGTH_DELIMITED:
+                    key = bytes(value).decode()
+                if field == _MAP_VALUE and field_kind == LENGTH_DELIMITED:
+                    tensor, found = _without(value, _TENSOR_CONTENT)
+                    rebuilt.append(_length_delimited(_MAP_VALUE, tensor))
+                    content = content if found is None else found  # repeated values merge
+                else:
+                    rebuilt.append(entry[field_start:field_end])
+            kept.append(buf[since:start])
+            kept.append(_length_delimited(_PREDICT_INPUTS, b"".join(rebuilt)))
+            since = end
+            contents[key] = content  # a later entry for the same name replaces an earlier one
+    except (OverflowError, WireError, UnicodeDecodeError):
+        return None
+    kept.append(buf[since:])
+    return b"".join(kept), {key: content for key, content in contents.items() if content is not None}

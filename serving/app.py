@@ -16,13 +16,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from mimo.protos import grpc_service_pb2, grpc_service_pb2_grpc
 from mimo.protos.repository import RepositoryError
 from mimo.serving import metrics
 from mimo.serving.core.core import Core
 from mimo.serving.frontends.grpc_auth import interceptors
 from mimo.serving.frontends.http_router import HttpFrontEnd
-from mimo.serving.frontends.kserve_grpc import InferenceServicer
+from mimo.serving.frontends.kserve_grpc import add_inference_service
 from mimo.serving.reflection import add_reflection, register_in_pool
 from mimo.serving.settings import ServerSettings
 from mimo.serving.transports import native as native_transport
@@ -120,8 +119,7 @@ class MimoServer:
         return AsgiServer(max_message_bytes=self.settings.max_message_bytes)
 
     def _add_grpc_services(self, server) -> None:
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.core), server)
-        services = [grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name]
+        services = [add_inference_service(server, self.core)]
         try:
             from mimo.serving.frontends.tfserving_grpc import add_tf_serving
         except ImportError:  # the TF Serving protos are generated with the rest: only a broken install lacks them

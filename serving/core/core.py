@@ -8,6 +8,7 @@ backend; statistics and metrics are recorded here, once for every protocol.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import time
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ from mimo.serving.settings import ServerSettings
 # The version states are the registry's; front ends take them from here.
 __all__ = ["Core", "InferResult", "ModelInfo", "ServerInfo", "VersionState", "EXTENSIONS",
            "LOADING", "READY", "UNAVAILABLE", "UNLOADING"]
+# From this many input bytes on, a request is validated in a thread: the checks (id ranges) are
+# linear in its size, and numpy's reductions let the event loop serve other requests meanwhile.
+OFF_LOOP_BYTES = 1 << 20
 # Triton's names for what mimo's KServe v2 front ends implement beyond the core protocol.
 EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics", "model_configuration", "schedule_policy")
 
@@ -192,7 +196,11 @@ class Core:
             if timeout is not None and timeout <= 0:
                 raise DeadlineExceeded("the deadline passed before the request could start")
             signature = signature or DEFAULT_SIGNATURE
-            wanted = validate_request(served.spec, inputs, outputs, signature)
+            if sum(array.nbytes for array in inputs.values()) >= OFF_LOOP_BYTES:
+                wanted = await asyncio.get_running_loop().run_in_executor(
+                    None, validate_request, served.spec, inputs, outputs, signature)
+            else:
+                wanted = validate_request(served.spec, inputs, outputs, signature)
             results = await served.scheduler.infer(inputs, wanted, signature, deadline)
         except BaseException as exc:
             # Counted under the status the client sees: a deadline or a cancellation is no INTERNAL.

@@ -28,7 +28,9 @@ async def abort(context, exc: BaseException) -> None:
 
 def parse_request(parse, payload: bytes, what: str = "the request message"):
     """A request message from its bytes (both gRPC transports): bad bytes are the client's error."""
-    typed = typed_bytes(getattr(parse, "__self__", None), payload) if len(payload) > MAX_TYPED_BYTES else 0
+    # The message class: a generated FromString's own, or what a custom parser declares.
+    message_class = getattr(parse, "message_class", None) or getattr(parse, "__self__", None)
+    typed = typed_bytes(message_class, payload) if len(payload) > MAX_TYPED_BYTES else 0
     if typed > MAX_TYPED_BYTES:
         raise InvalidArgument(
             f"{what} holds {typed / 2**20:.1f} MiB of typed tensor values (contents / *_val), over the "

@@ -18,9 +18,18 @@ from mimo.serving.core.control import authorization_of
 from mimo.serving.core.core import Core, ModelInfo
 from mimo.serving.core.errors import InvalidArgument
 from mimo.serving.frontends import kserve_parameters
+from mimo.serving.frontends.grpc_services import add_service
 from mimo.serving.frontends.grpc_status import abort, grpc_status
 
 STREAM_WINDOW = 128  # requests in flight per stream; responses still leave in request order
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+# Inference requests parse with the codec's own parser: large raw contents stay where they arrived.
+PARSERS = {"ModelInfer": codec.parse_infer_request, "ModelStreamInfer": codec.parse_infer_request}
+
+
+def add_inference_service(server, core: Core) -> str:
+    """Register `inference.GRPCInferenceService` on `server`; returns its name."""
+    return add_service(server, InferenceServicer(core), SERVICE, pb, PARSERS)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -93,29 +102,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             reader.cancel()
 
-    async def _stream_one(self, request) -> pb.ModelStreamInferResponse:
+    async def _stream_one(self, request: codec.InferRequest) -> pb.ModelStreamInferResponse:
         try:
             return pb.ModelStreamInferResponse(infer_response=await self._infer(request, None))
         except Exception as exc:  # noqa: BLE001
             code, message = grpc_status(exc)
             response = pb.ModelStreamInferResponse(
                 error_message=message,
-                infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
+                infer_response=pb.ModelInferResponse(model_name=request.message.model_name, id=request.message.id),
             )
             # Triton's wrapper has no status code; mimo adds it as a parameter clients may read.
             response.infer_response.parameters["error_code"].string_param = code.name
             return response
 
-    async def _infer(self, request, remaining):
-        inputs = codec.decode_infer_request(request)
+    async def _infer(self, parsed: codec.InferRequest, remaining):
+        request, raw = parsed
+        inputs = codec.decode_infer_request(request, raw)
         parameters = _read_parameters(request.parameters)
         signature = kserve_parameters.signature_name(parameters)
         timeout = kserve_parameters.timeout(parameters, remaining)
         result = await self.core.infer(
             request.model_name, request.model_version, inputs, codec.requested_outputs(request), signature, timeout
         )
+        # Raw output bytes unless the client sent typed contents only (then answer in kind).
         return codec.encode_infer_response(result.model, result.outputs, result.version, request.id,
-                                           raw=_wants_raw(request))
+                                           raw=bool(raw) or not request.inputs)
 
     # -- statistics and repository ------------------------------------------------------------
 
@@ -157,11 +168,6 @@ def _read_parameters(parameters) -> dict:
     whole protobuf map costs ~10 us on the event loop where two lookups cost well under one."""
     return {key: getattr(parameters[key], parameters[key].WhichOneof("parameter_choice") or "string_param")
             for key in kserve_parameters.READ if key in parameters}
-
-
-def _wants_raw(request) -> bool:
-    """Raw output bytes unless the client sent typed contents only (then answer in kind)."""
-    return bool(request.raw_input_contents) or not request.inputs
 
 
 def model_config(info: ModelInfo) -> mc.ModelConfig:

@@ -13,6 +13,7 @@ from mimo.protos import tf_serving_pb2_grpc as tfs_grpc
 from mimo.protos.dtypes import datatype_to_tf
 from mimo.serving.core.core import LOADING, READY, UNAVAILABLE, UNLOADING, Core
 from mimo.serving.core.errors import InvalidArgument, NotFound
+from mimo.serving.frontends.grpc_services import add_service
 from mimo.serving.frontends.grpc_status import abort
 
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -36,10 +37,11 @@ class PredictionServicer(tfs_grpc.PredictionServiceServicer):
     def __init__(self, core: Core):
         self.core = core
 
-    async def Predict(self, request, context):
+    async def Predict(self, parsed: codec.PredictRequest, context):
+        request, contents = parsed
         try:
             # One typed value broadcasts to the whole shape: no larger than a raw request could be.
-            inputs = codec.decode_predict_request(request, self.core.settings.max_message_bytes)
+            inputs = codec.decode_predict_request(request, self.core.settings.max_message_bytes, contents)
             spec = request.model_spec
             result = await self.core.infer(spec.name, _version(spec), inputs, list(request.output_filter),
                                            spec.signature_name, context.time_remaining())
@@ -105,6 +107,7 @@ def model_status(versions) -> tfs.GetModelStatusResponse:
 
 def add_tf_serving(server, core: Core) -> list[str]:
     """Register both TF Serving services; returns their names for reflection."""
-    tfs_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(core), server)
-    tfs_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(core), server)
-    return [service.full_name for service in tfs.DESCRIPTOR.services_by_name.values()]
+    services = tfs.DESCRIPTOR.services_by_name
+    return [add_service(server, PredictionServicer(core), services["PredictionService"], tfs,
+                        {"Predict": codec.parse_predict_request}),
+            add_service(server, ModelStatusServicer(core), services["ModelService"], tfs)]
