@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -136,27 +137,36 @@ def _thread_policies(pid: int) -> set[int]:
     return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
 
 
+@contextlib.contextmanager
+def _serving_mlp(tmp_path: Path, exported_repo: Path, **env: str):
+    """A server of its own (the module's shared one is stopped by the SIGTERM test)."""
+    repository = tmp_path / f"repository-{len(list(tmp_path.iterdir()))}"
+    repository.mkdir()
+    (repository / "mlp").symlink_to(exported_repo / "mlp", target_is_directory=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mimo", "serve", "--model-repository", str(repository), "--port", str(port),
+         "--metrics-port", "0", "--http-port", "0"],
+        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_ready(f"127.0.0.1:{port}", process)
+        yield f"127.0.0.1:{port}", process
+    finally:
+        process.kill()
+        process.wait(10)
+
+
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
-def test_every_server_thread_runs_sched_batch_unless_told_otherwise(served, tmp_path, exported_repo):
+def test_every_server_thread_runs_sched_batch_unless_told_otherwise(tmp_path, exported_repo):
     """The transport's threads, the event loop's and the models' all inherit SCHED_BATCH, so none
     preempts another at each hand-off; --thread-policy normal leaves the policy as it was."""
-    address, _, process, _ = served
-    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
-    stub.ModelInfer(codec.encode_infer_request("mlp", sample_inputs(exported_repo, "mlp", 1)))
-    assert len(os.listdir(f"/proc/{process.pid}/task")) > 3  # the loop, the transport's, a model's
-    assert _thread_policies(process.pid) == {os.SCHED_BATCH}
-    (tmp_path / "mlp").symlink_to(exported_repo / "mlp", target_is_directory=True)
-    port = free_port()
-    normal = subprocess.Popen(
-        [sys.executable, "-m", "mimo", "serve", "--model-repository", str(tmp_path), "--port", str(port),
-         "--metrics-port", "0", "--http-port", "0"],
-        env={**os.environ, "MIMO_THREAD_POLICY": "normal"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_ready(f"127.0.0.1:{port}", normal)
-        assert _thread_policies(normal.pid) == {os.sched_getscheduler(0)}  # this test's own
-    finally:
-        normal.kill()
-        normal.wait(10)
+    with _serving_mlp(tmp_path, exported_repo) as (address, process):
+        stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
+        stub.ModelInfer(codec.encode_infer_request("mlp", sample_inputs(exported_repo, "mlp", 1)), timeout=30)
+        assert len(os.listdir(f"/proc/{process.pid}/task")) > 3  # the loop, the transport's, a model's
+        assert _thread_policies(process.pid) == {os.SCHED_BATCH}
+    with _serving_mlp(tmp_path, exported_repo, MIMO_THREAD_POLICY="normal") as (_, process):
+        assert _thread_policies(process.pid) == {os.sched_getscheduler(0)}  # this test's own
 
 
 def _start_and_fail(*args: str) -> subprocess.CompletedProcess:

@@ -28,6 +28,7 @@ from mimo.protos import grpc_service_pb2_grpc as pb_grpc
 from mimo.protos import tf_framework_pb2 as tfpb
 from mimo.protos import tf_serving_pb2 as tfs
 from mimo.protos import tf_serving_pb2_grpc as tfs_grpc
+from mimo.serving.core.validation import validate_request
 from mimo.serving.transports import native as native_server
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -178,19 +179,6 @@ def test_large_request_to_an_idle_fast_model_does_not_stall_other_models(auto):
     assert max(latencies) < took[0] / 4, (max(latencies), took[0])
 
 
-_SEND_FROM_ANOTHER_PROCESS = """
-import sys, grpc
-address, method, path = sys.argv[1:]
-payload = open(path, "rb").read()
-channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 1 << 30)])
-try:
-    channel.unary_unary(method, request_serializer=None, response_deserializer=None)(payload, timeout=120)
-    print("OK")
-except grpc.RpcError as error:
-    print(error.code().name, error.details())
-"""
-
-
 def _large_invalid_qa(method: str, mib: int) -> bytes:
     """Two raw int32 inputs of mib/2 MiB each, the last id outside the vocabulary: all decode and
     validation work, no compute."""
@@ -202,43 +190,47 @@ def _large_invalid_qa(method: str, mib: int) -> bytes:
     return codec.encode_predict_request("qa", {"text": text, "question": question}).SerializeToString()
 
 
-@pytest.mark.parametrize("method", [MODEL_INFER, PREDICT])
-def test_a_large_raw_request_is_decoded_and_validated_off_the_event_loop(served, method, tmp_path):
-    """A large raw request reaches numpy without a copy through the parser, and is validated in a
-    thread: the event loop's thread spends less CPU on it than parsing, decoding and validating it
-    there takes (the sender is another process; CPU time, unlike a wall-clock stall, does not
-    depend on what else this machine runs)."""
-    import subprocess
-    import sys
+def _buffer_under(array: np.ndarray):
+    """The object whose memory an array views (through numpy views and memoryview slices)."""
+    base = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return base.obj if isinstance(base, memoryview) else base
 
-    from mimo.protos.repository import read_model_json
+
+@pytest.mark.parametrize("method", [MODEL_INFER, PREDICT])
+def test_a_large_raw_request_is_decoded_and_validated_off_the_event_loop(served, method, monkeypatch):
+    """A large raw request reaches validation as numpy views into the request's own bytes (no copy
+    by the protobuf parser, none by the codec), and is validated in a thread, not on the event loop.
+    Validation itself is the real one; the spy only notes where it ran and what it was given."""
+    from mimo.serving.core import core
 
     payload = _large_invalid_qa(method, 48)
-    (tmp_path / "request").write_bytes(payload)
-    contract = read_model_json(served.settings.model_repository / "qa").contract
-    started = time.thread_time()
-    if method == MODEL_INFER:
-        arrays = codec.decode_infer_request(pb.ModelInferRequest.FromString(payload))
-    else:
-        arrays = codec.decode_predict_request(tfs.PredictRequest.FromString(payload))
-    problems = contract.problems(arrays)
-    on_the_loop = time.thread_time() - started  # what the loop did before
-    assert problems and "outside the vocabulary" in problems[0]
+    seen = []
+
+    def spy(spec, inputs, *rest):
+        seen.append((threading.get_ident(), {name: _buffer_under(a) for name, a in inputs.items()}))
+        return validate_request(spec, inputs, *rest)
 
     async def ident():
         return threading.get_ident()
 
-    loop_clock = time.pthread_getcpuclockid(asyncio.run_coroutine_threadsafe(ident(), served.loop).result(10))
-    before = time.clock_gettime(loop_clock)
-    sent = subprocess.run([sys.executable, "-c", _SEND_FROM_ANOTHER_PROCESS, served.address, method,
-                           str(tmp_path / "request")], capture_output=True, text=True, timeout=180)
-    loop_cpu = time.clock_gettime(loop_clock) - before
-    assert sent.stdout.startswith("INVALID_ARGUMENT") and "outside the vocabulary" in sent.stdout, sent
-    # Measured at 48 MiB (loop CPU against that work): grpc.aio 0.59-0.87 (1.48-1.62 before), as it
-    # copies each message into bytes on the loop itself; native 0.32-0.33 (1.16-1.64 before), the
-    # one memcpy of the payload into Python bytes (our part: 0.2 ms).
-    bound = on_the_loop if served.settings.frontend == "python" else on_the_loop / 2
-    assert loop_cpu < bound, (loop_cpu, on_the_loop)
+    loop_thread = asyncio.run_coroutine_threadsafe(ident(), served.loop).result(10)
+    monkeypatch.setattr(core, "validate_request", spy)
+    channel = grpc.insecure_channel(served.address, options=[("grpc.max_send_message_length", 1 << 30)])
+    with pytest.raises(grpc.RpcError) as answer:
+        channel.unary_unary(method, request_serializer=None, response_deserializer=None)(payload, timeout=120)
+    assert answer.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "outside the vocabulary" in answer.value.details()
+    [(thread, buffers)] = seen
+    assert thread != loop_thread
+    # Each input views the whole received message (the parser's copy would hold just that input).
+    assert set(buffers) == {"text", "question"}
+    for name, buffer in buffers.items():
+        assert len(memoryview(buffer).cast("B")) >= len(payload), (name, type(buffer), len(memoryview(buffer)))
+    # Before: the loop parsed (a copy of each input), decoded and validated all 48 MiB itself, 1.2-1.6x
+    # the payload's parse+decode+validate CPU measured alone; now its part is the transport's one copy
+    # of the message into Python bytes (0.3-0.6x on this machine's kind).
 
 
 # -- 3. deadlines and cancellations are counted as such, never as INTERNAL ------------------------
