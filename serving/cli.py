@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 
+from mimo.serving.thread_policy import LoadFollowing, set_every_thread
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -45,19 +47,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _set_thread_policy(policy: str) -> None:
-    """SCHED_BATCH for every thread of the process (numpy's BLAS threads exist already), before
-    the server starts its own: those (the transport's, the models', the workers') inherit it. A
-    woken batch thread does not preempt the running one, so on a busy core the hand-offs between
-    them happen once per burst of requests rather than once per request. Any unprivileged process
-    may choose it; where the OS has no such policy, nothing changes."""
+    """`batch`: SCHED_BATCH for every thread of the process (numpy's BLAS threads exist already),
+    before the server starts its own, which inherit it. `auto` switches later, with the load
+    (serving/thread_policy.py); `normal` leaves the policy as it is."""
     if policy != "batch":
         return
     log = logging.getLogger("mimo.serving")
-    try:
-        for thread in os.listdir("/proc/self/task"):
-            os.sched_setscheduler(int(thread), os.SCHED_BATCH, os.sched_param(0))
-    except (AttributeError, OSError) as exc:  # not Linux, or refused
-        log.info("thread policy: batch not available (%s)", exc)
+    refused = set_every_thread(True)
+    if refused is not None:  # not Linux, or refused
+        log.info("thread policy: batch not available (%s)", refused)
         return
     log.info("thread policy: batch (SCHED_BATCH)")
 
@@ -141,8 +139,13 @@ async def _serve(settings) -> int:
     if settings.metrics_port:
         start_metrics_server(settings.metrics_port, settings.host)
     print(f"mimo: serving on {settings.host}:{server.port} (ready: {server.ready()})", flush=True)
+    # The process's threads, so `mimo serve`'s only (a server started in-process leaves them alone).
+    policy = asyncio.ensure_future(LoadFollowing(server.core.in_flight).run()) \
+        if settings.thread_policy == "auto" else None
     await stop.wait()
     logging.getLogger("mimo.serving").info("shutting down: draining in-flight requests")
+    if policy is not None:
+        policy.cancel()
     await server.stop()
     return 0
 

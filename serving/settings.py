@@ -18,6 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mimo.serving.thread_policy import POLICIES as THREAD_POLICIES
+
 
 def usable_cores() -> int:
     """Cores this process may run on (its affinity mask), not the machine's count."""
@@ -29,7 +31,6 @@ def usable_cores() -> int:
 BACKENDS = ("onnxruntime", "tensorflow")
 EXECUTION = ("auto", "inline", "thread")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
-THREAD_POLICIES = ("batch", "normal")
 DEVICES = ("auto", "cpu", "gpu")
 FRONTENDS = ("auto", "native", "python")
 MODEL_CONTROL_MODES = ("none", "explicit")
@@ -77,11 +78,13 @@ class ServerSettings:
         "requests/s on one core in make bench), asyncio, or 'auto' (default): uvloop when it is "
         "installed (the server extra installs it, except on Windows)", choices=EVENT_LOOPS)
     thread_policy: str = option(
-        "batch", "Linux CPU scheduling of the server's threads: 'batch' (default, SCHED_BATCH): the "
+        "auto", "Linux CPU scheduling of the server's threads: 'batch' (SCHED_BATCH): the "
         "transport's, the event loop's and the models' threads each run until they wait instead "
         "of preempting one another at every hand-off, so each takes its work in bulk (one core, "
-        "mlp: 1-2 context switches per request instead of 5-6, +20%% requests/s); 'normal' "
-        "(SCHED_OTHER) as the process was started", choices=THREAD_POLICIES)
+        "mlp at c=8 and c=32: +20-45%% requests/s), at some latency for requests that come one at "
+        "a time (mlp c=1 p50 +2-5%%); 'normal' (SCHED_OTHER) as the process was started; 'auto' "
+        "(default): normal while requests do not overlap, batch while they do",
+        choices=THREAD_POLICIES)
     frontend: str = option(
         "auto", "gRPC transport: 'native' (mimo's Rust transport: HTTP/2 and gRPC off the Python "
         "thread, several times cheaper per call), 'python' (grpc.aio), 'auto' (default): native "

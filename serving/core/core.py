@@ -157,6 +157,11 @@ class Core:
                 found.append(VersionState(name, None, "UNAVAILABLE", entry.reason or "no version loaded"))
         return found
 
+    def in_flight(self) -> int:
+        """Requests inside the core now (between their arrival and their answer), over all models."""
+        return sum(mv.stats.in_flight for entry in self.registry.models.values()
+                   for mv in entry.versions.values() if mv.stats is not None)
+
     def statistics(self, name: str = "", version: str = "") -> list[ModelStats]:
         """Copies of the statistics of every loaded version (of `name`, of `version`)."""
         if name and name not in self.registry.models:

@@ -30,7 +30,8 @@ Where the backend runs (`execution`):
           Cheap queued work still goes to threads while they are seen to batch enough to pay for
           the hand-off (THREAD_PAYS_BATCH): inline, a batch is what one loop iteration brought,
           while a worker computes the loop waits and the transport delivers more, even on one
-          core. Inline runs probe threads now and then (PROBE_EVERY, PROBE_LENGTH), so the choice
+          core. Inline runs probe threads now and then (PROBE_EVERY, PROBE_LENGTH; rarer while probes
+          find no batching, so sparse traffic seldom pays a hand-off), so the choice
           follows the load.
 
 Expired and cancelled requests never run: they leave the queue, and a worker drops those that
@@ -68,8 +69,11 @@ IDLE_INLINE_MAX_NS = 1_000_000
 # stayed at 1.1 requests, threads batched 8 and served 20-35% more; at c=8 threads batched 2.3 and
 # served 15% less than inline.
 THREAD_PAYS_BATCH = 4.0
-PROBE_EVERY = 256  # inline executions between probes of the threads...
+PROBE_EVERY = 256  # inline executions before a probe of the threads...
 PROBE_LENGTH = 16  # ... of this many executions (enough for the batches to grow)
+# A probe that finds the threads batching too little doubles the wait for the next one, up to this:
+# sparse traffic (c=1) then sends 0.2% of its requests through a thread hand-off instead of 6%.
+PROBE_EVERY_MAX = 8192
 
 
 @dataclass
@@ -161,6 +165,8 @@ class Scheduler:
         self._thread_batch = 0.0  # recent requests per execution in threads (auto mode)
         self._inline_runs = 0  # inline executions since the last probe of the threads
         self._probe_left = 0  # executions of the current probe still to send to threads
+        self._probing = False  # a probe was sent and its outcome is not yet known
+        self._probe_every = PROBE_EVERY
         self._hold_allowed = options.batching and options.max_queue_delay_s > 0
         self._last_done_ns = 0
         self._last_arrival_ns = 0
@@ -327,15 +333,19 @@ class Scheduler:
 
     def _cheap_runs_inline(self) -> bool:
         """auto, for work cheap enough to run inline: inline, unless threads are seen to batch
-        enough to pay for the hand-off under the present load (probed every PROBE_EVERY runs)."""
+        enough to pay for the hand-off under the present load (probed after PROBE_EVERY runs, less
+        often while probes find them batching too little)."""
         if self._probe_left:
             self._probe_left -= 1
             return False
         if self._thread_batch >= THREAD_PAYS_BATCH:
+            self._probing, self._probe_every = False, PROBE_EVERY  # they pay: probe soon once they stop
             return False
+        if self._probing:  # the probe's batches were too small: wait longer before the next one
+            self._probing, self._probe_every = False, min(2 * self._probe_every, PROBE_EVERY_MAX)
         self._inline_runs += 1
-        if self._inline_runs >= PROBE_EVERY:
-            self._inline_runs, self._probe_left = 0, PROBE_LENGTH
+        if self._inline_runs >= self._probe_every:
+            self._inline_runs, self._probe_left, self._probing = 0, PROBE_LENGTH, True
         return True
 
     def _expected_ns(self, nbytes: int) -> float:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -156,16 +157,56 @@ def _serving_mlp(tmp_path: Path, exported_repo: Path, **env: str):
         process.wait(10)
 
 
+def _until(condition, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
-def test_every_server_thread_runs_sched_batch_unless_told_otherwise(tmp_path, exported_repo):
-    """The transport's threads, the event loop's and the models' all inherit SCHED_BATCH, so none
-    preempts another at each hand-off; --thread-policy normal leaves the policy as it was."""
+def test_server_threads_run_sched_batch_while_requests_overlap(tmp_path, exported_repo):
+    """auto (the default): the transport's, the loop's and the models' threads run SCHED_OTHER
+    while requests come one at a time, all SCHED_BATCH while they overlap, and back after."""
+    own = os.sched_getscheduler(0)
     with _serving_mlp(tmp_path, exported_repo) as (address, process):
         stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
-        stub.ModelInfer(codec.encode_infer_request("mlp", sample_inputs(exported_repo, "mlp", 1)), timeout=30)
+        request = codec.encode_infer_request("mlp", sample_inputs(exported_repo, "mlp", 1))
+        for _ in range(50):
+            stub.ModelInfer(request, timeout=30)
         assert len(os.listdir(f"/proc/{process.pid}/task")) > 3  # the loop, the transport's, a model's
+        assert _thread_policies(process.pid) == {own}
+        stop = threading.Event()
+
+        def load():
+            while not stop.is_set():
+                stub.ModelInfer(request, timeout=30)
+
+        with ThreadPoolExecutor(8) as pool:
+            clients = [pool.submit(load) for _ in range(8)]
+            try:
+                overlapped = _until(lambda: _thread_policies(process.pid) == {os.SCHED_BATCH})
+            finally:
+                stop.set()
+            for client in clients:
+                client.result()
+        assert overlapped, _thread_policies(process.pid)
+        assert _until(lambda: _thread_policies(process.pid) == {own}), _thread_policies(process.pid)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+def test_thread_policy_batch_and_normal_hold_whatever_the_load(tmp_path, exported_repo):
+    with _serving_mlp(tmp_path, exported_repo, MIMO_THREAD_POLICY="batch") as (address, process):
+        stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
+        stub.ModelInfer(codec.encode_infer_request("mlp", sample_inputs(exported_repo, "mlp", 1)), timeout=30)
         assert _thread_policies(process.pid) == {os.SCHED_BATCH}
-    with _serving_mlp(tmp_path, exported_repo, MIMO_THREAD_POLICY="normal") as (_, process):
+    with _serving_mlp(tmp_path, exported_repo, MIMO_THREAD_POLICY="normal") as (address, process):
+        request = codec.encode_infer_request("mlp", sample_inputs(exported_repo, "mlp", 1))
+        stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: stub.ModelInfer(request, timeout=30), range(400)))
         assert _thread_policies(process.pid) == {os.sched_getscheduler(0)}  # this test's own
 
 

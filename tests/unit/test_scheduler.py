@@ -12,7 +12,7 @@ import pytest
 from mimo.serving.core.backends.base import Backend
 from mimo.serving.core.errors import DeadlineExceeded
 from mimo.serving.core.scheduler import (
-    IDLE_INLINE_MAX_NS, PROBE_EVERY, PROBE_LENGTH, THREAD_PAYS_BATCH, Scheduler,
+    IDLE_INLINE_MAX_NS, PROBE_EVERY, PROBE_EVERY_MAX, PROBE_LENGTH, THREAD_PAYS_BATCH, Scheduler,
     SchedulerOptions,
 )
 from mimo.serving.core.statistics import ModelStats
@@ -95,39 +95,63 @@ def test_auto_runs_a_large_request_in_a_thread_even_when_the_model_is_idle():
 
 
 def test_auto_probes_threads_now_and_then_and_keeps_them_while_they_batch():
-    """Cheap work runs inline, except a probe of PROBE_LENGTH executions every PROBE_EVERY; work
-    stays in threads while their batches pay for the hand-off, and comes back when they shrink."""
+    """Cheap work runs inline, except a probe of PROBE_LENGTH executions after PROBE_EVERY; a probe
+    that finds no batching doubles the wait for the next; work stays in threads while their batches
+    pay for the hand-off, and comes back when they shrink, with the first wait again."""
     async def main():
         backend = Counting()
         scheduler = _scheduler(backend, "probe", execution="auto")
         one = lambda: scheduler.infer(_x(), ["y"], "serving_default")
+
+        async def sparse(n):
+            mark = len(backend.threads)
+            for _ in range(n):  # one at a time, idle in between
+                await one()
+                await asyncio.sleep(0.0002)
+            return backend.threads[mark:]
+
         await one()  # no time known yet: a thread
         await asyncio.sleep(0.002)
-        first = len(backend.threads)
-        for _ in range(PROBE_EVERY + PROBE_LENGTH + 4):  # one at a time, idle in between
-            await one()
-            await asyncio.sleep(0.0002)
-        sparse = backend.threads[first:]
+        first = await sparse(PROBE_EVERY + PROBE_LENGTH + 4)
+        second = await sparse(2 * PROBE_EVERY + PROBE_LENGTH)  # the probe found batches of 1
         # A probe under load: 64 at once batch (32 a batch), so threads are kept ...
-        for _ in range(PROBE_EVERY - 4):
-            await one()
-            await asyncio.sleep(0.0002)
+        await sparse(4 * PROBE_EVERY - 4)
         mark = len(backend.threads)
         await asyncio.gather(*(one() for _ in range(PROBE_LENGTH * 64)))
         loaded = backend.threads[mark:]
         # ... until single requests bring the thread batches under THREAD_PAYS_BATCH.
         kept = scheduler._thread_batch
-        mark = len(backend.threads)
-        for _ in range(PROBE_LENGTH + 8):
-            await one()
-            await asyncio.sleep(0.0002)
-        after = backend.threads[mark:]
+        after = await sparse(PROBE_LENGTH + 8)
+        waits = scheduler._probe_every
         scheduler.close()
-        return sparse, loaded, kept, after
+        return first, second, loaded, kept, after, waits
 
-    sparse, loaded, kept, after = asyncio.run(main())
-    main_thread = threading.main_thread().name
-    assert sparse == [main_thread] * PROBE_EVERY + ["mimo-probe-0"] * PROBE_LENGTH + [main_thread] * 4
-    assert set(loaded) == {"mimo-probe-0"} and len(loaded) >= PROBE_LENGTH * 2  # batches of up to 32
+    first, second, loaded, kept, after, waits = asyncio.run(main())
+    inline, probe = threading.main_thread().name, "mimo-probe-0"
+    assert first == [inline] * PROBE_EVERY + [probe] * PROBE_LENGTH + [inline] * 4
+    assert second == [inline] * (2 * PROBE_EVERY - 4) + [probe] * PROBE_LENGTH + [inline] * 4
+    assert set(loaded) == {probe} and len(loaded) >= PROBE_LENGTH * 2  # batches of up to 32
     assert kept >= THREAD_PAYS_BATCH
-    assert after[0] == "mimo-probe-0" and after[-4:] == [main_thread] * 4
+    assert after[0] == probe and after[-4:] == [inline] * 4
+    assert waits == PROBE_EVERY  # threads paid: the next probe comes as soon as the first did
+
+
+def test_auto_probes_sparse_traffic_ever_more_rarely_up_to_a_bound():
+    async def main():
+        backend = Counting()
+        scheduler = _scheduler(backend, "rare", execution="auto")
+        await scheduler.infer(_x(), ["y"], "serving_default")
+        await asyncio.sleep(0.002)
+        waits = []
+        for _ in range(PROBE_EVERY * 70):
+            await scheduler.infer(_x(), ["y"], "serving_default")
+            await asyncio.sleep(0)
+            if not waits or waits[-1] != scheduler._probe_every:
+                waits.append(scheduler._probe_every)
+        threads = sum(name.startswith("mimo-rare") for name in backend.threads)
+        scheduler.close()
+        return waits, threads
+
+    waits, threads = asyncio.run(main())
+    assert waits[:3] == [PROBE_EVERY, 2 * PROBE_EVERY, 4 * PROBE_EVERY] and waits[-1] == PROBE_EVERY_MAX
+    assert threads < PROBE_LENGTH * len(waits) + 2  # one probe per wait, each of PROBE_LENGTH
