@@ -101,7 +101,10 @@ def stop_all(*_) -> None:
 def start(command: list[str], log: Path, pin: bool = True, env: dict | None = None) -> subprocess.Popen:
     full = (["taskset", "-c", SERVER_CORE] if pin else []) + command
     handle = open(log, "w")
-    process = subprocess.Popen(full, stdout=handle, stderr=subprocess.STDOUT, cwd=PROJECT,
+    # `python -m` puts the working directory first on sys.path: in the project, its own mimo/ would
+    # shadow a --baseline build's (given as PYTHONPATH), so that build runs from its own folder.
+    baseline = (env or {}).get("PYTHONPATH")
+    process = subprocess.Popen(full, stdout=handle, stderr=subprocess.STDOUT, cwd=baseline or PROJECT,
                                env={**os.environ, **(env or {})})
     _started.append(process)
     return process
