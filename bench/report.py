@@ -106,7 +106,7 @@ def _goals(rows: Rows) -> list[str]:
                ("mimo workers=2", "--workers 2"), ("mimo unpinned", "unpinned"),
                ("mimo workers=2 unpinned", "--workers 2, unpinned")]
     best = {}
-    for model in ("mlp", "qa"):
+    for model in ("mlp", "qa", "posts"):  # posts: Triton only (run_peers_http); the others, if a harness adds it
         mls = [rows.get(p, "unary", model, 32) for p in ("mls-nobatch", "mls-batch", "mls-default")]
         mls = [r for r in mls if r]
         best[model] = max(mls, key=lambda r: r["infer_s"]) if mls else None
@@ -115,7 +115,7 @@ def _goals(rows: Rows) -> list[str]:
                 "| model | mimo unary | mimo streaming | PyTriton | MLServer best (mode) | Triton | "
                 "best mimo / PyTriton | best mimo / MLServer best | best mimo / Triton |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for model in ("mlp", "qa"):
+        for model in ("mlp", "qa", "posts"):
             unary, stream = rows.get(MIMO_DEFAULT, "unary", model, 32), rows.get(MIMO_DEFAULT, "streaming", model, 32)
             top = max([r for r in (unary, stream) if r], key=lambda r: r["infer_s"], default=None)
             pyt, tri, mls = rows.get("pytriton", "unary", model, 32), rows.get("triton-pyb", "unary", model, 32), best[model]

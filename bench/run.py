@@ -448,7 +448,9 @@ def run_peers(bench: Bench, repo: Path) -> list[dict]:
         link = root / name
         if not link.exists() and (source / name).exists():
             link.symlink_to(source / name)
-    for model in ("mlp", "qa"):
+    # posts too: run_all.sh measures mlp and qa, and the Triton script serves posts when its file is
+    # there, so run_peers_http measures Triton's posts over gRPC (the posts goal).
+    for model in ("mlp", "qa", "posts"):
         target = root / "models" / f"{model}.onnx"
         target.unlink(missing_ok=True)
         target.symlink_to((repo / model / "1" / "model.onnx").resolve())
@@ -504,11 +506,16 @@ def run_peers_http(bench: Bench) -> list[dict]:
         server = start(["bash", str(bench.args.peers_dir / script), str(root / "models"), *arguments, str(grpc_port)],
                        bench.out / f"{peer}.http.server.log", env={"ROOT": str(root)})
         try:
-            wait_ready(grpc_port, ["mlp", "qa"], server)
+            grpc_models = ["posts"] if peer == "triton-pyb" and "posts" in bench.args.models else []
+            wait_ready(grpc_port, ["mlp", "qa", *grpc_models], server)
             for model in ("mlp", "qa"):
                 for conc in bench.args.concurrency:
                     rows.append(bench.perf(name, "http", model, conc, grpc_port, server.pid, count_cpu=False,
                                            keep=False, http_port=grpc_port - 1))
+            for model in grpc_models:  # the shared harness's gRPC runs cover mlp and qa only
+                for conc in bench.args.concurrency:
+                    rows.append(bench.perf(peer, "unary", model, conc, grpc_port, server.pid, count_cpu=False,
+                                           keep=False))
         except RuntimeError as exc:
             print(f"  {name}: {exc}", flush=True)
         finally:
