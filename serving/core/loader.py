@@ -31,6 +31,7 @@ from mimo.protos.repository import (
 from mimo.serving.core.backends import BACKEND_FORMATS, Backend, BackendOptions, create_backend
 from mimo.serving.core.backends.base import DEFAULT_SIGNATURE
 from mimo.serving.core.errors import Unavailable
+from mimo.serving.core.memory import release_freed_memory
 
 
 WARMUP_RUNS = 2  # the second run of ONNX Runtime is still slower than the steady state
@@ -68,6 +69,14 @@ def choose_backend(document: Mapping[str, Any], number: int, version_dir: Path, 
 def load_version(kind: str, document: Mapping[str, Any], number: int, version_dir: Path,
                  options: BackendOptions) -> LoadedVersion:
     """Load `version_dir` on backend `kind` under `document` (model.json, or {"name": ...})."""
+    try:
+        return _load_version(kind, document, number, version_dir, options)
+    finally:  # loading frees transient copies of the weights (or, failing, all of them)
+        release_freed_memory()
+
+
+def _load_version(kind: str, document: Mapping[str, Any], number: int, version_dir: Path,
+                  options: BackendOptions) -> LoadedVersion:
     started = time.perf_counter()
     _check_files(kind, document, number, version_dir)
     backend = create_backend(kind, version_dir, options)

@@ -27,6 +27,7 @@ from mimo.protos.repository import (
 from mimo.serving.core.backends import Backend, BackendOptions
 from mimo.serving.core.errors import InvalidArgument, NotFound, PermissionDenied, ServingError, Unavailable
 from mimo.serving.core.loader import choose_backend, describe_contract, load_version
+from mimo.serving.core.memory import release_freed_memory
 from mimo.serving.core.scheduler import Scheduler, SchedulerOptions
 from mimo.serving.settings import ServerSettings
 from mimo.serving.core.statistics import ModelStats
@@ -277,6 +278,7 @@ class Registry:
             mv.scheduler.close()
         if mv.backend is not None:
             mv.backend.unload()
+            release_freed_memory()
         entry.versions.pop(mv.version, None)
         log.info("model %s version %s unloaded", mv.name, mv.version)
 
