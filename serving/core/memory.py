@@ -17,12 +17,13 @@ import functools
 @functools.lru_cache(maxsize=1)
 def _malloc_trim():
     name = ctypes.util.find_library("c")
+    if not name:
+        return None
     try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
+        trim = ctypes.CDLL(name).malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
-    if trim is not None:
-        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return trim
 
 
