@@ -7,6 +7,8 @@ while iterating locally; CI always exports afresh.
 from __future__ import annotations
 
 import os
+import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,37 @@ def tf_server(exported_repo):
     thread = start_server(exported_repo, backend="tensorflow")
     yield thread
     thread.stop()
+
+
+class SteppedClock:
+    """The scheduler's perf_counter_ns, made deterministic: each reading is 1 us after the last,
+    and the test moves it on with `advance`. The scheduler's idle detection and its inline/thread
+    choice read this clock, so on a loaded machine a preempted test still sees the same times."""
+
+    STEP_NS = 1_000
+
+    def __init__(self):
+        self._now = 10**12
+        self._lock = threading.Lock()  # worker threads read it too
+
+    def perf_counter_ns(self) -> int:
+        with self._lock:
+            self._now += self.STEP_NS
+            return self._now
+
+    def advance(self, ns: int) -> None:
+        with self._lock:
+            self._now += ns
+
+
+@pytest.fixture
+def scheduler_clock(monkeypatch) -> SteppedClock:
+    """Swap the scheduler module's clock for a SteppedClock (deadlines keep the real one)."""
+    import time
+
+    from mimo.serving.core import scheduler
+
+    clock = SteppedClock()
+    fake_time = types.SimpleNamespace(perf_counter_ns=clock.perf_counter_ns, monotonic=time.monotonic)
+    monkeypatch.setattr(scheduler, "time", fake_time)
+    return clock

@@ -373,7 +373,7 @@ def test_scheduler_drops_a_request_whose_deadline_passed_while_queued():
 
 
 @pytest.mark.parametrize("execution", ["inline", "thread"])
-def test_scheduler_isolates_a_failing_request(execution):
+def test_scheduler_isolates_a_failing_request(execution, scheduler_clock):
     async def scenario():
         backend = _FakeBackend()
         scheduler = _scheduler(backend, execution=execution, instances=1)
@@ -397,7 +397,7 @@ def test_scheduler_isolates_a_failing_request(execution):
         np.testing.assert_array_equal(results[i]["y"], np.full((1, 2), 2 * value))
 
 
-def test_scheduler_respects_max_batch_size_and_order():
+def test_scheduler_respects_max_batch_size_and_order(scheduler_clock):
     async def scenario():
         backend = _FakeBackend()
         scheduler = _scheduler(backend, execution="inline", max_batch_size=4)

@@ -50,12 +50,12 @@ def _x(items: int = 1) -> dict:
 
 
 @pytest.mark.parametrize("execution", ["auto", "inline", "thread"])
-def test_a_request_past_its_deadline_never_reaches_the_backend(execution):
+def test_a_request_past_its_deadline_never_reaches_the_backend(execution, scheduler_clock):
     async def main():
         backend = Counting()
         scheduler = _scheduler(backend, f"expired-{execution}", execution=execution)
         await scheduler.infer(_x(), ["y"], "serving_default")  # warm: auto has a recent time now
-        await asyncio.sleep(0.01)  # idle again
+        scheduler_clock.advance(10_000_000)  # idle again
         with pytest.raises(DeadlineExceeded):  # idle: the run-at-once path
             await scheduler.infer(_x(), ["y"], "serving_default", time.monotonic() - 1)
         # Busy: queued behind others, in one batch with live requests.
@@ -72,7 +72,7 @@ def test_a_request_past_its_deadline_never_reaches_the_backend(execution):
     assert calls <= 1 + 3  # the warm-up and the live ones (batched or not), never an expired one
 
 
-def test_auto_runs_a_large_request_in_a_thread_even_when_the_model_is_idle():
+def test_auto_runs_a_large_request_in_a_thread_even_when_the_model_is_idle(scheduler_clock):
     # Small requests compute fast, so an idle one runs inline; one 1000 times their size must not
     # (a 400k-token qa request inline stalled every model for 0.46 s).
     async def main():
@@ -80,11 +80,11 @@ def test_auto_runs_a_large_request_in_a_thread_even_when_the_model_is_idle():
         scheduler = _scheduler(backend, "sizes", execution="auto")
         for _ in range(5):
             await scheduler.infer(_x(8), ["y"], "serving_default")
-            await asyncio.sleep(0.002)
+            scheduler_clock.advance(2_000_000)
         assert 0 < scheduler._ewma_ns < IDLE_INLINE_MAX_NS
         small = len(backend.threads)
         await scheduler.infer(_x(8), ["y"], "serving_default")
-        await asyncio.sleep(0.002)
+        scheduler_clock.advance(2_000_000)
         await scheduler.infer(_x(8_000_000), ["y"], "serving_default")
         scheduler.close()
         return backend.threads[small:]
@@ -94,7 +94,7 @@ def test_auto_runs_a_large_request_in_a_thread_even_when_the_model_is_idle():
     assert large.startswith("mimo-sizes-")  # a worker
 
 
-def test_auto_probes_threads_now_and_then_and_keeps_them_while_they_batch():
+def test_auto_probes_threads_now_and_then_and_keeps_them_while_they_batch(scheduler_clock):
     """Cheap work runs inline, except a probe of PROBE_LENGTH executions after PROBE_EVERY; a probe
     that finds no batching doubles the wait for the next; work stays in threads while their batches
     pay for the hand-off, and comes back when they shrink, with the first wait again."""
@@ -107,11 +107,11 @@ def test_auto_probes_threads_now_and_then_and_keeps_them_while_they_batch():
             mark = len(backend.threads)
             for _ in range(n):  # one at a time, idle in between
                 await one()
-                await asyncio.sleep(0.0002)
+                scheduler_clock.advance(200_000)
             return backend.threads[mark:]
 
         await one()  # no time known yet: a thread
-        await asyncio.sleep(0.002)
+        scheduler_clock.advance(2_000_000)
         first = await sparse(PROBE_EVERY + PROBE_LENGTH + 4)
         second = await sparse(2 * PROBE_EVERY + PROBE_LENGTH)  # the probe found batches of 1
         # A probe under load: 64 at once batch (32 a batch), so threads are kept ...
@@ -136,12 +136,12 @@ def test_auto_probes_threads_now_and_then_and_keeps_them_while_they_batch():
     assert waits == PROBE_EVERY  # threads paid: the next probe comes as soon as the first did
 
 
-def test_auto_probes_sparse_traffic_ever_more_rarely_up_to_a_bound():
+def test_auto_probes_sparse_traffic_ever_more_rarely_up_to_a_bound(scheduler_clock):
     async def main():
         backend = Counting()
         scheduler = _scheduler(backend, "rare", execution="auto")
-        await scheduler.infer(_x(), ["y"], "serving_default")
-        await asyncio.sleep(0.002)
+        await scheduler.infer(_x(), ["y"], "serving_default")  # no time known yet: a thread
+        scheduler_clock.advance(2_000_000)
         waits = []
         for _ in range(PROBE_EVERY * 70):
             await scheduler.infer(_x(), ["y"], "serving_default")
@@ -154,4 +154,4 @@ def test_auto_probes_sparse_traffic_ever_more_rarely_up_to_a_bound():
 
     waits, threads = asyncio.run(main())
     assert waits[:3] == [PROBE_EVERY, 2 * PROBE_EVERY, 4 * PROBE_EVERY] and waits[-1] == PROBE_EVERY_MAX
-    assert threads < PROBE_LENGTH * len(waits) + 2  # one probe per wait, each of PROBE_LENGTH
+    assert threads == 1 + PROBE_LENGTH * len(waits)  # the first run, then one probe per wait
