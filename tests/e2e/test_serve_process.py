@@ -111,14 +111,14 @@ def test_the_metrics_port_answers_metrics_only(served):
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(served, exported_repo):
-    address, _, process, _ = served
+    address, metrics, process, _ = served
     stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(
         address, options=[("grpc.max_receive_message_length", 64 << 20)]))
     inputs = sample_inputs(exported_repo, "dual_camera", 8)
     request = codec.encode_infer_request("dual_camera", inputs)
     with ThreadPoolExecutor(4) as pool:
         calls = [pool.submit(stub.ModelInfer, request, timeout=120) for _ in range(4)]
-        time.sleep(0.3)  # the calls are in the server now; each takes several hundred ms
+        _wait_in_flight(metrics, "dual_camera", 4)  # all four are in the server, none answered yet
         process.send_signal(signal.SIGTERM)
         results = [codec.decode_infer_response(call.result()) for call in calls]
     want = run_onnx(exported_repo, "dual_camera", inputs)
@@ -132,6 +132,18 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(served, exported_rep
 
     assert ("gRPC frontend: native" if native_server.available() else "gRPC frontend: python") in output
     assert "event loop: uvloop" in output
+
+
+def _wait_in_flight(metrics_port: int, model: str, count: int, timeout: float = 60) -> None:
+    """Until the server's in-flight gauge for the model reads `count` (a sleep raced a slow machine)."""
+    line = f'mimo_inflight_requests{{model="{model}",version="1"}} {float(count)}'
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        if line in text.splitlines():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"{count} {model} requests never in flight at once")
 
 
 def _thread_policies(pid: int) -> set[int]:
