@@ -21,13 +21,13 @@ from mimo.protos.repository import ModelSpec
 from mimo.serving.core.control import ModelControl
 from mimo.serving.core.errors import DeadlineExceeded, NotFound, ServingError, status_code
 from mimo.serving.core.registry import LOADING, READY, UNAVAILABLE, UNLOADING, Registry
-from mimo.serving.core.scheduler import SchedulerOptions
+from mimo.serving.core.scheduler import Reply, SchedulerOptions
 from mimo.serving.core.statistics import ModelStats, record_rejected
 from mimo.serving.core.validation import DEFAULT_SIGNATURE, validate_request
 from mimo.serving.settings import ServerSettings
 
 # The version states are the registry's; front ends take them from here.
-__all__ = ["Core", "InferResult", "ModelInfo", "ServerInfo", "VersionState", "EXTENSIONS",
+__all__ = ["Answer", "Core", "InferResult", "ModelInfo", "ServerInfo", "VersionState", "EXTENSIONS",
            "LOADING", "READY", "UNAVAILABLE", "UNLOADING"]
 # From this many input bytes on, a request is validated in a thread: the checks (id ranges) are
 # linear in its size, and numpy's reductions let the event loop serve other requests meanwhile.
@@ -189,30 +189,64 @@ class Core:
         """Validate `inputs` against the model's contract, run them (batched), return the heads asked
         for (all of the signature's when `outputs` is empty). `timeout` is what is left of the
         caller's deadline in seconds."""
-        started = time.perf_counter_ns()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        future = asyncio.get_running_loop().create_future()
+        answer = self.submit(model, version, inputs, outputs, signature, timeout, future)
+        if future.done():  # answered at once (an idle model runs the request inline, or an error)
+            return future.result()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            answer.cancel()
+            raise
+
+    def submit(
+        self,
+        model: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        signature: str,
+        timeout: float | None,
+        reply: Reply,
+    ) -> "Answer":
+        """`infer` without a coroutine, for front ends that take requests in bulk: the InferResult
+        or the error goes to `reply` (done(), set_result(), set_exception(): an asyncio future is
+        one), now or when the request's batch has run. The Answer returned lets the front end
+        cancel the request (its client went away)."""
+        answer = Answer(reply, time.perf_counter_ns(), None if timeout is None else time.monotonic() + timeout)
         try:
             served = self.registry.get(model, version)
         except ServingError as exc:
             record_rejected("-", "-", exc.code.name)
-            raise
-        served.stats.begin()  # every path below ends in record_request
+            answer.reject(exc)
+            return answer
+        answer.served = served
+        served.stats.begin()  # every path below ends in answer's record_request
         try:
             if timeout is not None and timeout <= 0:
                 raise DeadlineExceeded("the deadline passed before the request could start")
             signature = signature or DEFAULT_SIGNATURE
             if sum(array.nbytes for array in inputs.values()) >= OFF_LOOP_BYTES:
-                wanted = await asyncio.get_running_loop().run_in_executor(
+                validating = asyncio.get_running_loop().run_in_executor(
                     None, validate_request, served.spec, inputs, outputs, signature)
+                validating.add_done_callback(
+                    lambda done: self._schedule(served, inputs, done.result, signature, answer))
             else:
-                wanted = validate_request(served.spec, inputs, outputs, signature)
-            results = await served.scheduler.infer(inputs, wanted, signature, deadline)
-        except BaseException as exc:
-            # Counted under the status the client sees: a deadline or a cancellation is no INTERNAL.
-            served.stats.record_request(False, time.perf_counter_ns() - started, status_code(exc, deadline).name)
-            raise
-        served.stats.record_request(True, time.perf_counter_ns() - started)
-        return InferResult(served.name, served.version, results)
+                self._schedule(served, inputs, lambda: validate_request(served.spec, inputs, outputs, signature),
+                               signature, answer)
+        except Exception as exc:  # noqa: BLE001 - every failure is the request's answer
+            answer.set_exception(exc)
+        return answer
+
+    @staticmethod
+    def _schedule(served, inputs, wanted, signature: str, answer: "Answer") -> None:
+        """Queue a request whose validation `wanted()` returns the outputs to compute (or raises)."""
+        if answer.done():  # cancelled while it was validated
+            return
+        try:
+            served.scheduler.submit(inputs, wanted(), signature, answer.deadline, answer)
+        except Exception as exc:  # noqa: BLE001
+            answer.set_exception(exc)
 
     # -- model control ------------------------------------------------------------------------
 
@@ -224,6 +258,52 @@ class Core:
     async def unload(self, name: str, authorization: str | bytes | None = None) -> None:
         self.control.check(authorization)
         await self.registry.unload_model(name)
+
+
+class Answer:
+    """A request's way out of the core: it records the request's statistics once (success, or
+    failure under the status the client sees) and hands the InferResult or error to the reply."""
+
+    __slots__ = ("reply", "started", "deadline", "served", "_over")
+
+    def __init__(self, reply: Reply, started: int, deadline: float | None):
+        self.reply = reply
+        self.started = started  # perf_counter_ns
+        self.deadline = deadline  # time.monotonic() seconds, or None
+        self.served = None  # the model version, once found
+        self._over = False
+
+    def done(self) -> bool:
+        return self._over or self.reply.done()
+
+    def set_result(self, outputs: dict[str, np.ndarray]) -> None:
+        if self._end(None):
+            served = self.served
+            self.reply.set_result(InferResult(served.name, served.version, outputs))
+
+    def set_exception(self, exc: BaseException) -> None:
+        if self._end(exc):
+            self.reply.set_exception(exc)
+
+    def cancel(self) -> None:
+        """The client went away: counted as cancelled; the reply hears nothing more."""
+        self._end(asyncio.CancelledError())
+
+    def reject(self, exc: ServingError) -> None:
+        """Refused before any model version was found (counted by the caller)."""
+        self._over = True
+        self.reply.set_exception(exc)
+
+    def _end(self, exc: BaseException | None) -> bool:
+        if self._over:
+            return False
+        self._over = True
+        took = time.perf_counter_ns() - self.started
+        if exc is None:
+            self.served.stats.record_request(True, took)
+        else:
+            self.served.stats.record_request(False, took, status_code(exc, self.deadline).name)
+        return not self.reply.done()
 
 
 def _snapshot(stats: ModelStats) -> ModelStats:

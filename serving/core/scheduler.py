@@ -34,6 +34,11 @@ Where the backend runs (`execution`):
           find no batching, so sparse traffic seldom pays a hand-off), so the choice
           follows the load.
 
+A request's answer goes to its `reply`: anything with done(), set_result() and set_exception(),
+as an asyncio future has (`infer` awaits one; the front ends' bulk paths pass their own, which
+encode and send the answer where the batch completes, with no task per request). A reply that is
+done before its request runs (the client went away) means the request is dropped.
+
 Expired and cancelled requests never run: they leave the queue, and a worker drops those that
 expired while they waited for it. A failing batch is retried one request at a time, so one bad
 request gets its error and the others still get their results.
@@ -47,7 +52,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -88,14 +93,22 @@ class SchedulerOptions:
     inline_max_us: float = 50.0  # auto: inline while executions take less than this
 
 
-class _Job:
-    __slots__ = ("inputs", "outputs", "signature", "future", "deadline", "batch", "key", "nbytes", "enqueued_ns")
+class Reply(Protocol):
+    """Where a request's answer goes: an asyncio future is one."""
 
-    def __init__(self, inputs, outputs, signature, future, deadline, batch, key, nbytes):
+    def done(self) -> bool: ...
+    def set_result(self, result) -> None: ...
+    def set_exception(self, exc: BaseException) -> None: ...
+
+
+class _Job:
+    __slots__ = ("inputs", "outputs", "signature", "reply", "deadline", "batch", "key", "nbytes", "enqueued_ns")
+
+    def __init__(self, inputs, outputs, signature, reply, deadline, batch, key, nbytes):
         self.inputs = inputs
         self.outputs = outputs
         self.signature = signature
-        self.future = future
+        self.reply = reply
         self.deadline = deadline  # time.monotonic() seconds, or None
         self.batch = batch
         self.key = key
@@ -137,8 +150,18 @@ def assemble(jobs: Sequence[_Job], padding: Mapping[str, float]) -> dict[str, np
     return batched
 
 
+def _answer(job: _Job, result) -> None:
+    """A job's result or error to its reply, unless the reply is done already (cancelled)."""
+    if job.reply.done():
+        return
+    if isinstance(result, BaseException):
+        job.reply.set_exception(result)
+    else:
+        job.reply.set_result(result)
+
+
 def _may_start(job: _Job, now: float) -> bool:
-    if job.future is not None and job.future.done():  # cancelled by the client
+    if job.reply.done():  # cancelled by the client
         return False
     return job.deadline is None or now <= job.deadline
 
@@ -189,6 +212,21 @@ class Scheduler:
         signature: str,
         deadline: float | None = None,
     ) -> dict[str, np.ndarray]:
+        """The outputs of one request (`submit`, awaited)."""
+        future = asyncio.get_running_loop().create_future()
+        self.submit(inputs, outputs, signature, deadline, future)
+        return future.result() if future.done() else await future
+
+    def submit(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        signature: str,
+        deadline: float | None,
+        reply: Reply,
+    ) -> None:
+        """Queue one request (or run it now, when the model is idle); its outputs or its error go
+        to `reply`. A closed scheduler or a full queue raises here, before anything is queued."""
         if self.closed:
             raise Unavailable("model is unloading")
         if self.size >= self.options.max_queue_size:
@@ -207,13 +245,14 @@ class Scheduler:
             # Idle (nothing queued or running, nothing finished in the last IDLE_NS): run now, on
             # this task, without queueing or a thread hand-off. Under load, arrivals come closer
             # together than IDLE_NS and take the queue, where they batch.
-            return self._run_now(_Job(inputs, outputs, signature, None, deadline, batch, None, nbytes))
+            self._run_now(_Job(inputs, outputs, signature, reply, deadline, batch, None, nbytes))
+            return
         key = batch_key(inputs, signature, self.padding) if self.options.batching else None
-        job = _Job(inputs, outputs, signature, loop.create_future(), deadline, batch, key, nbytes)
+        job = _Job(inputs, outputs, signature, reply, deadline, batch, key, nbytes)
         if idle:  # straight to a worker thread
             self._idle.clear()
             self._launch([job], inline=False)
-            return await job.future
+            return
         lane = self.queues.get(key)
         if lane is None:
             lane = self.queues[key] = deque()
@@ -224,9 +263,8 @@ class Scheduler:
             self._scheduled = True
             self._idle.clear()
             loop.call_soon(self._dispatch)
-        return await job.future
 
-    def _run_now(self, job: _Job) -> dict[str, np.ndarray]:
+    def _run_now(self, job: _Job) -> None:
         self.stats.record_queue(0)
         self.running += 1
         try:
@@ -234,9 +272,7 @@ class Scheduler:
         finally:
             self.running -= 1
             self._last_done_ns = time.perf_counter_ns()
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        _answer(job, result)
 
     # -- event-loop side ----------------------------------------------------------------------
 
@@ -304,10 +340,10 @@ class Scheduler:
 
     @staticmethod
     def _is_live(job: _Job, now: float) -> bool:
-        if job.future.done():  # cancelled by the client
+        if job.reply.done():  # cancelled by the client
             return False
         if job.deadline is not None and now > job.deadline:
-            job.future.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
+            job.reply.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
             return False
         return True
 
@@ -363,12 +399,7 @@ class Scheduler:
         self.running -= 1
         self._last_done_ns = time.perf_counter_ns()
         for job, result in zip(jobs, results):
-            if job.future.done():
-                continue
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
+            _answer(job, result)
 
     def _complete_from_thread(self, jobs: list[_Job], results: list) -> None:
         self._complete(jobs, results)
@@ -469,8 +500,8 @@ class Scheduler:
             self._timer = None
         for lane in self.queues.values():
             for job in lane:
-                if not job.future.done():
-                    job.future.set_exception(Unavailable("model unloaded"))
+                if not job.reply.done():
+                    job.reply.set_exception(Unavailable("model unloaded"))
         self.queues.clear()
         self.size = 0
         if self._work is not None:

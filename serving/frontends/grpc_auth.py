@@ -25,6 +25,7 @@ MODEL_CONTROL_METHODS = (
     "/inference.GRPCInferenceService/RepositoryModelLoad",
     "/inference.GRPCInferenceService/RepositoryModelUnload",
 )
+REFUSAL = "missing or wrong bearer token (send 'authorization: Bearer <token>' metadata)"
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
@@ -32,15 +33,19 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         self._expected = bearer(token)  # built once: this runs on every call
         self._open = OPEN_METHODS + exempt  # exempt: methods another check guards (ModelControl)
 
+    def check(self, method: str, metadata) -> None:
+        """Raise Unauthenticated unless the call may go on (without a coroutine: the native
+        transport's bulk path calls this directly)."""
+        if not (method.startswith(self._open) or bearer_matches(authorization_of(metadata), self._expected)):
+            raise Unauthenticated(REFUSAL)
+
     async def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method
-        given = authorization_of(handler_call_details.invocation_metadata)
-        if method.startswith(self._open) or bearer_matches(given, self._expected):
-            return await continuation(handler_call_details)
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        return _refusing_handler(handler)
+        try:
+            self.check(handler_call_details.method, handler_call_details.invocation_metadata)
+        except Unauthenticated:
+            handler = await continuation(handler_call_details)
+            return None if handler is None else _refusing_handler(handler)
+        return await continuation(handler_call_details)
 
 
 def interceptors(settings: ServerSettings) -> list[grpc.aio.ServerInterceptor]:
@@ -53,8 +58,7 @@ def interceptors(settings: ServerSettings) -> list[grpc.aio.ServerInterceptor]:
 
 def _refusing_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """A handler of the same kind that answers UNAUTHENTICATED without running the method."""
-    code, message = grpc_status(Unauthenticated(
-        "missing or wrong bearer token (send 'authorization: Bearer <token>' metadata)"))
+    code, message = grpc_status(Unauthenticated(REFUSAL))
 
     async def refuse(request_or_iterator, context):
         await context.abort(code, message)

@@ -19,7 +19,7 @@ from mimo.serving.core.core import Core, ModelInfo
 from mimo.serving.core.errors import InvalidArgument
 from mimo.serving.frontends import kserve_parameters
 from mimo.serving.frontends.grpc_services import add_service
-from mimo.serving.frontends.grpc_status import abort, grpc_status
+from mimo.serving.frontends.grpc_status import abort, grpc_status, parse_request
 
 STREAM_WINDOW = 128  # requests in flight per stream; responses still leave in request order
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -28,8 +28,13 @@ PARSERS = {"ModelInfer": codec.parse_infer_request, "ModelStreamInfer": codec.pa
 
 
 def add_inference_service(server, core: Core) -> str:
-    """Register `inference.GRPCInferenceService` on `server`; returns its name."""
-    return add_service(server, InferenceServicer(core), SERVICE, pb, PARSERS)
+    """Register `inference.GRPCInferenceService` on `server`; returns its name. On a server that
+    takes unary calls in bulk (the native transport), ModelInfer goes that way."""
+    servicer = InferenceServicer(core)
+    name = add_service(server, servicer, SERVICE, pb, PARSERS)
+    if hasattr(server, "add_bulk_unary"):
+        server.add_bulk_unary(f"/{name}/ModelInfer", servicer.model_infer_bulk)
+    return name
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -117,16 +122,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, parsed: codec.InferRequest, remaining):
         request, raw = parsed
-        inputs = codec.decode_infer_request(request, raw)
-        parameters = _read_parameters(request.parameters)
-        signature = kserve_parameters.signature_name(parameters)
-        timeout = kserve_parameters.timeout(parameters, remaining)
-        result = await self.core.infer(
-            request.model_name, request.model_version, inputs, codec.requested_outputs(request), signature, timeout
-        )
-        # Raw output bytes unless the client sent typed contents only (then answer in kind).
-        return codec.encode_infer_response(result.model, result.outputs, result.version, request.id,
-                                           raw=bool(raw) or not request.inputs)
+        result = await self.core.infer(*_core_arguments(request, raw, remaining))
+        return _response(result, request, raw)
+
+    def model_infer_bulk(self, calls) -> None:
+        """ModelInfer for every call one wake-up of the native transport brought (BulkCall): each
+        is parsed, decoded, validated and queued here, and answered when its batch has run, with
+        no coroutine per call. The same steps as `_infer`, the same errors."""
+        for call in calls:
+            try:
+                request, raw = parse_request(codec.parse_infer_request, call.payload)
+                answer = self.core.submit(*_core_arguments(request, raw, call.time_remaining()),
+                                          _BulkReply(call, request, raw))
+                if not answer.done():
+                    call.on_cancel = answer.cancel
+            except Exception as exc:  # noqa: BLE001 - every failure becomes the call's status
+                call.fail(*grpc_status(exc))
 
     # -- statistics and repository ------------------------------------------------------------
 
@@ -161,6 +172,46 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except Exception as exc:  # noqa: BLE001
             await abort(context, exc)
         return pb.RepositoryModelUnloadResponse()
+
+
+def _core_arguments(request, raw, remaining) -> tuple:
+    """Core.infer's arguments from a parsed ModelInferRequest (`remaining`: of the call's deadline)."""
+    inputs = codec.decode_infer_request(request, raw)
+    parameters = _read_parameters(request.parameters)
+    signature = kserve_parameters.signature_name(parameters)
+    timeout = kserve_parameters.timeout(parameters, remaining)
+    return request.model_name, request.model_version, inputs, codec.requested_outputs(request), signature, timeout
+
+
+def _response(result, request, raw) -> pb.ModelInferResponse:
+    # Raw output bytes unless the client sent typed contents only (then answer in kind).
+    return codec.encode_infer_response(result.model, result.outputs, result.version, request.id,
+                                       raw=bool(raw) or not request.inputs)
+
+
+class _BulkReply:
+    """The core's answer to one bulk ModelInfer call, encoded and sent as soon as it is known."""
+
+    __slots__ = ("call", "request", "raw")
+
+    def __init__(self, call, request, raw):
+        self.call = call
+        self.request = request
+        self.raw = raw
+
+    def done(self) -> bool:
+        return self.call.over
+
+    def set_result(self, result) -> None:
+        try:
+            payload = _response(result, self.request, self.raw).SerializeToString()
+        except Exception as exc:  # noqa: BLE001
+            self.set_exception(exc)
+        else:
+            self.call.reply(payload)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.call.fail(*grpc_status(exc))
 
 
 def _read_parameters(parameters) -> dict:

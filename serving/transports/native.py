@@ -6,6 +6,13 @@ setuptools-rust) terminates HTTP/2 and gRPC in its own threads and hands this mo
 metadata, request bytes) events in batches, woken through one file descriptor on the event loop. Here they run through the same servicers,
 interceptors, codec and error mapping as under grpc.aio: the services are registered on this
 object exactly as on a grpc.aio server, so the server assembly does not care which one it has.
+
+The bulk path: a front end may take a unary method's calls in bulk (`add_bulk_unary`). Every call
+of that method one wake-up brought then goes to its handler in one synchronous call, as BulkCall
+objects it answers when it can (here, when the request's batch has run), with no asyncio task,
+interceptor coroutine or servicer coroutine per call. Interceptors that can check a call without a
+coroutine (a `check(method, metadata)` that raises a ServingError) guard it; with any other
+interceptor the method goes the task path.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ STREAM_WINDOW = 128  # request messages a stream may have read ahead of its hand
 # The transport's own threads (tokio workers): HTTP/2 for tens of thousands of calls a second
 # each; more only add hand-offs on a busy core. MIMO_TRANSPORT_THREADS overrides.
 TRANSPORT_THREADS = int(os.environ.get("MIMO_TRANSPORT_THREADS", "2"))
+UNARY = native.UNARY if native is not None else None
 HOW_TO_BUILD = "reinstall with a Rust toolchain on PATH (pip install ., or make install)"
 
 
@@ -127,6 +135,45 @@ class NativeContext:
         pass
 
 
+class BulkCall:
+    """One unary call on the bulk path: its request bytes, and the way to answer it once."""
+
+    __slots__ = ("_server", "call", "payload", "metadata", "_deadline", "over", "on_cancel")
+
+    def __init__(self, server: "NativeServer", call: int, payload: bytes, metadata: tuple, timeout: float):
+        self._server = server
+        self.call = call
+        self.payload = payload
+        self.metadata = metadata
+        self._deadline = time.monotonic() + timeout if timeout >= 0 else None
+        self.over = False  # answered, or the client went away
+        self.on_cancel = None  # the handler's: called if the client goes away before the answer
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def reply(self, payload: bytes) -> None:
+        if self._end():
+            self._server._transport.reply(self.call, payload)
+
+    def fail(self, code: grpc.StatusCode, details: str) -> None:
+        if self._end():
+            self._server._transport.finish(self.call, _code(code), details)
+
+    def _end(self) -> bool:
+        if self.over:
+            return False
+        self.over = True
+        self._server._bulk.pop(self.call, None)
+        return True
+
+    def _gone(self) -> None:
+        if not self.over:
+            self.over = True
+            if self.on_cancel is not None:
+                self.on_cancel()
+
+
 class _RequestStream:
     """The request messages of one streaming call, as an async iterator; each message taken
     lets the transport read one more (back-pressure)."""
@@ -181,6 +228,11 @@ class NativeServer:
                 self._intercepted = functools.partial(interceptor.intercept_service, self._intercepted)
         self._max_message_bytes = max_message_bytes
         self._registered: dict[str, grpc.RpcMethodHandler] = {}
+        self._bulk_handlers: dict[str, object] = {}  # method -> handler(list[BulkCall])
+        self._bulk: dict[int, BulkCall] = {}  # calls on the bulk path not yet answered
+        # The bulk path runs only interceptors that check without a coroutine (see the module doc).
+        self._checks = [getattr(i, "check", None) for i in interceptors]
+        self._bulk_allowed = None not in self._checks
         self._generic: list[grpc.GenericRpcHandler] = []
         self._transport = None
         self._http_handler: HttpHandler | None = None
@@ -198,6 +250,12 @@ class NativeServer:
     def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
         for name, handler in handlers.items():
             self._registered[f"/{service}/{name}"] = handler
+
+    def add_bulk_unary(self, method: str, handler) -> None:
+        """Calls of the unary `method` ("/package.Service/Method") go to `handler(calls)` in bulk:
+        a list of BulkCall, each to be answered (reply or fail) once, now or later."""
+        if self._bulk_allowed:
+            self._bulk_handlers[method] = handler
 
     def listen(self, address: str, tls: TlsMaterial | None) -> int:
         """gRPC on `address`; register every service first (unary methods are told apart here)."""
@@ -246,6 +304,9 @@ class NativeServer:
             self._on_events()
         for task in list(self._tasks.values()):
             task.cancel()
+        for bulk in list(self._bulk.values()):  # the transport has ended them (UNAVAILABLE)
+            bulk._gone()
+        self._bulk.clear()
         self._stopped.set()
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -259,12 +320,45 @@ class NativeServer:
 
     def _on_events(self) -> None:
         transport = self._transport
+        bulk_handlers, bulk = self._bulk_handlers, None
         for event in transport.drain():
+            if event[0] == UNARY and event[2] in bulk_handlers:
+                kind, call, method, payload, metadata, timeout, _ = event
+                self._bulk[call] = taken = BulkCall(self, call, payload, metadata, timeout)
+                bulk = bulk or {}
+                bulk.setdefault(method, []).append(taken)
+                continue
             try:
                 self._dispatch(transport, *event)
             except Exception:  # noqa: BLE001 - one event must not lose the others
                 log.exception("native transport: could not dispatch event %s", event[:3])
                 transport.finish(event[1], _code(grpc.StatusCode.INTERNAL), "the server could not take this call")
+        if bulk:
+            for method, calls in bulk.items():
+                self._run_bulk(method, calls)
+
+    def _run_bulk(self, method: str, calls: list[BulkCall]) -> None:
+        """One method's calls of this wake-up, through the interceptors' checks, to its handler."""
+        if self._checks:
+            allowed = []
+            for taken in calls:
+                try:
+                    for check in self._checks:
+                        check(method, taken.metadata)
+                except ServingError as exc:
+                    taken.fail(GRPC_CODES[exc.code], exc.message)
+                else:
+                    allowed.append(taken)
+            calls = allowed
+        calls = [taken for taken in calls if not taken.over]  # gone in this same wake-up
+        if not calls:
+            return
+        try:
+            self._bulk_handlers[method](calls)
+        except Exception:  # noqa: BLE001 - a handler bug must still answer every call
+            log.exception("unexpected error in %s (bulk)", method)
+            for taken in calls:
+                taken.fail(grpc.StatusCode.INTERNAL, "the server could not take this call")
 
     def _dispatch(self, transport, kind, call, method, payload, metadata, timeout, peer) -> None:
         if kind == native.UNARY:
@@ -292,6 +386,9 @@ class NativeServer:
             task = self._tasks.get(call)
             if task is not None:
                 task.cancel()
+            bulk = self._bulk.pop(call, None)
+            if bulk is not None:
+                bulk._gone()
 
     async def _handler(self, method: str, metadata: tuple) -> grpc.RpcMethodHandler:
         """The method's handler, through the interceptors; an unknown method is UNIMPLEMENTED."""

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from helpers import sample_inputs, start_server, triton_inputs
+from helpers import run_onnx, sample_inputs, start_server, triton_inputs
 from mimo.protos import codec
 from mimo.protos import grpc_service_pb2 as pb
 from mimo.protos import grpc_service_pb2_grpc as pb_grpc
@@ -259,3 +259,66 @@ def test_stop_ends_a_stream_that_never_closes_after_the_grace_period(exported_re
         assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     finally:
         release.set()
+
+
+# -- the bulk path: ModelInfer calls of one wake-up go through the servicer together ---------------
+
+
+def test_model_infer_takes_the_bulk_path(native):
+    assert MODEL_INFER in native.server._server._bulk_handlers
+
+
+def _counts(stub, model: str) -> tuple[int, int]:
+    stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=10).model_stats[0].inference_stats
+    return stats.success.count, stats.fail.count
+
+
+def _settled(native, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while (native.server.core.in_flight() or native.server._server._bulk) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert native.server.core.in_flight() == 0 and not native.server._server._bulk
+
+
+def test_a_burst_of_good_and_bad_calls_each_get_their_own_answer_and_count(exported_repo, native):
+    """Fired together, so that they reach the servicer in few wake-ups: one bad call must not
+    cost the others their answers, and each is counted once under its own outcome."""
+    channel = grpc.insecure_channel(native.address)
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    raw = channel.unary_unary(MODEL_INFER)
+    good = {i: sample_inputs(exported_repo, "mlp", 1, seed=i) for i in range(12)}
+    wrong_dtype = codec.encode_infer_request("mlp", {"x": good[0]["x"].astype(np.float64)})
+    before = _counts(stub, "mlp")
+    calls = {("good", i): stub.ModelInfer.future(codec.encode_infer_request("mlp", x, request_id=str(i)), timeout=30)
+             for i, x in good.items()}
+    calls["dtype"] = stub.ModelInfer.future(wrong_dtype, timeout=30)
+    calls["model"] = stub.ModelInfer.future(codec.encode_infer_request("no_such_model", good[0]), timeout=30)
+    calls["bytes"] = raw.future(b"\xff\xff\xff\xff", timeout=30)
+    want = run_onnx(exported_repo, "mlp", {"x": np.concatenate([good[i]["x"] for i in good])})["probs"]
+    for i in good:
+        reply = calls[("good", i)].result()
+        assert reply.id == str(i) and reply.model_name == "mlp"
+        np.testing.assert_allclose(codec.decode_infer_response(reply)["probs"][0], want[i], atol=1e-6)
+    for key, code, words in (("dtype", grpc.StatusCode.INVALID_ARGUMENT, "'x'"),
+                             ("model", grpc.StatusCode.NOT_FOUND, "no_such_model"),
+                             ("bytes", grpc.StatusCode.INVALID_ARGUMENT, "could not parse")):
+        error = calls[key].exception()
+        assert error is not None and error.code() == code and words in error.details(), (key, error)
+    _settled(native)
+    after = _counts(stub, "mlp")
+    assert (after[0] - before[0], after[1] - before[1]) == (12, 1)  # the unknown model is no mlp failure
+
+
+def test_bulk_calls_whose_deadline_passes_in_the_queue_never_run_and_are_counted(exported_repo, native):
+    stub = _stub(native.address)
+    slow = codec.encode_infer_request("dual_camera", sample_inputs(exported_repo, "dual_camera", 8))
+    before = _counts(stub, "dual_camera")
+    running = stub.ModelInfer.future(slow, timeout=60)  # a batch of 8 takes ~0.5 s here
+    time.sleep(0.05)
+    queued = [stub.ModelInfer.future(slow, timeout=0.1) for _ in range(3)]  # wait behind it, expire
+    for call in queued:
+        assert call.exception(30).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert running.result(60).model_name == "dual_camera"
+    _settled(native)
+    after = _counts(stub, "dual_camera")
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 3)
