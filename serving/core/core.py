@@ -245,7 +245,7 @@ class Core:
             return
         try:
             served.scheduler.submit(inputs, wanted(), signature, answer.deadline, answer)
-        except Exception as exc:  # noqa: BLE001
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - cancelled: the off-loop check
             answer.set_exception(exc)
 
     # -- model control ------------------------------------------------------------------------

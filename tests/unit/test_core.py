@@ -109,6 +109,53 @@ def test_unknown_models_versions_and_a_passed_deadline_are_their_own_errors():
     assert stats.fail.count == 1 and stats.success.count == 0  # the deadline counted on its version
 
 
+class Collected:
+    """A reply as a bulk front end passes one: what the core answered, in order."""
+
+    def __init__(self):
+        self.answers = []
+        self.over = False
+
+    def done(self):
+        return self.over
+
+    def set_result(self, result):
+        self.answers.append(result)
+
+    def set_exception(self, exc):
+        self.answers.append(exc)
+
+
+def test_submit_answers_a_reply_once_counts_once_and_a_cancelled_request_never_runs():
+    core, backend = _core()
+    version = core.registry.models["twice"].versions[3]
+    # Worker threads: a request waits in the queue while another runs, so it can be cancelled there.
+    version.scheduler = Scheduler(backend, version.stats, SchedulerOptions(execution="thread"), "twice")
+    x = {"x": np.ones((1, 3), np.float32)}
+
+    async def main():
+        good, bad, gone, unknown = Collected(), Collected(), Collected(), Collected()
+        core.submit("twice", "", x, (), "", None, good)
+        core.submit("twice", "", {"x": np.ones((1, 4), np.float32)}, (), "", None, bad)
+        answer = core.submit("twice", "", x, (), "", None, gone)
+        answer.cancel()  # the client went away before its batch ran
+        core.submit("nope", "", x, (), "", None, unknown)
+        assert isinstance(bad.answers[0], InvalidArgument) and isinstance(unknown.answers[0], NotFound)
+        for _ in range(200):
+            if good.answers:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        return good, bad, gone, unknown
+
+    good, bad, gone, unknown = run(main())
+    assert [len(r.answers) for r in (good, bad, gone, unknown)] == [1, 1, 0, 1]
+    assert good.answers[0].outputs["total"].tolist() == [[3.0]] and good.answers[0].version == 3
+    assert backend.calls == 1  # the cancelled request never ran
+    stats = core.statistics("twice")[0]
+    assert (stats.success.count, stats.fail.count, core.in_flight()) == (1, 2, 0)
+
+
 def test_metadata_index_versions_and_statistics_are_plain_values():
     core, _ = _core()
     info = core.model("twice")
