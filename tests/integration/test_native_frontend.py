@@ -268,9 +268,10 @@ def test_model_infer_takes_the_bulk_path(native):
     assert MODEL_INFER in native.server._server._bulk_handlers
 
 
-def _counts(stub, model: str) -> tuple[int, int]:
-    stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=10).model_stats[0].inference_stats
-    return stats.success.count, stats.fail.count
+def _counts(stub, model: str) -> tuple[int, int, int]:
+    """(successful requests, failed requests, items the model ran)."""
+    stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=10).model_stats[0]
+    return stats.inference_stats.success.count, stats.inference_stats.fail.count, stats.inference_count
 
 
 def _settled(native, timeout: float = 10) -> None:
@@ -306,7 +307,8 @@ def test_a_burst_of_good_and_bad_calls_each_get_their_own_answer_and_count(expor
         assert error is not None and error.code() == code and words in error.details(), (key, error)
     _settled(native)
     after = _counts(stub, "mlp")
-    assert (after[0] - before[0], after[1] - before[1]) == (12, 1)  # the unknown model is no mlp failure
+    # The unknown model is no mlp failure; the wrong dtype never ran.
+    assert tuple(a - b for a, b in zip(after, before)) == (12, 1, 12)
 
 
 def test_bulk_calls_whose_deadline_passes_in_the_queue_never_run_and_are_counted(exported_repo, native):
@@ -314,11 +316,16 @@ def test_bulk_calls_whose_deadline_passes_in_the_queue_never_run_and_are_counted
     slow = codec.encode_infer_request("dual_camera", sample_inputs(exported_repo, "dual_camera", 8))
     before = _counts(stub, "dual_camera")
     running = stub.ModelInfer.future(slow, timeout=60)  # a batch of 8 takes ~0.5 s here
-    time.sleep(0.05)
+    deadline = time.monotonic() + 30
+    while not native.server.core.in_flight() and time.monotonic() < deadline:
+        time.sleep(0.001)  # until the first is in the server (running: the model was idle)
     queued = [stub.ModelInfer.future(slow, timeout=0.1) for _ in range(3)]  # wait behind it, expire
     for call in queued:
         assert call.exception(30).code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert running.result(60).model_name == "dual_camera"
     _settled(native)
     after = _counts(stub, "dual_camera")
-    assert (after[0] - before[0], after[1] - before[1]) == (1, 3)
+    # Only the first ran (8 items). Each expired call that reached the model counts as its failure;
+    # on a loaded machine the transport may end one before it is handed over (the model never sees it).
+    assert (after[0] - before[0], after[2] - before[2]) == (1, 8)
+    assert after[1] - before[1] <= 3  # never counted twice
