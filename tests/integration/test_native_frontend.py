@@ -311,21 +311,28 @@ def test_a_burst_of_good_and_bad_calls_each_get_their_own_answer_and_count(expor
     assert tuple(a - b for a, b in zip(after, before)) == (12, 1, 12)
 
 
-def test_bulk_calls_whose_deadline_passes_in_the_queue_never_run_and_are_counted(exported_repo, native):
-    stub = _stub(native.address)
-    slow = codec.encode_infer_request("dual_camera", sample_inputs(exported_repo, "dual_camera", 8))
-    before = _counts(stub, "dual_camera")
-    running = stub.ModelInfer.future(slow, timeout=60)  # a batch of 8 takes ~0.5 s here
-    deadline = time.monotonic() + 30
-    while not native.server.core.in_flight() and time.monotonic() < deadline:
-        time.sleep(0.001)  # until the first is in the server (running: the model was idle)
-    queued = [stub.ModelInfer.future(slow, timeout=0.1) for _ in range(3)]  # wait behind it, expire
-    for call in queued:
-        assert call.exception(30).code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert running.result(60).model_name == "dual_camera"
-    _settled(native)
-    after = _counts(stub, "dual_camera")
-    # Only the first ran (8 items). Each expired call that reached the model counts as its failure;
-    # on a loaded machine the transport may end one before it is handed over (the model never sees it).
-    assert (after[0] - before[0], after[2] - before[2]) == (1, 8)
-    assert after[1] - before[1] <= 3  # never counted twice
+def test_bulk_calls_whose_deadline_passes_in_the_queue_never_run_and_are_counted(exported_repo):
+    thread = start_server(exported_repo, instances=1)  # one execution at a time: the others queue
+    try:
+        stub = _stub(thread.address)
+        slow = codec.encode_infer_request("dual_camera", sample_inputs(exported_repo, "dual_camera", 8))
+        started = time.monotonic()
+        stub.ModelInfer(slow, timeout=60)  # warm, and how long one run takes on this machine
+        took = time.monotonic() - started
+        before = _counts(stub, "dual_camera")
+        running = stub.ModelInfer.future(slow, timeout=60)
+        deadline = time.monotonic() + 30
+        while not thread.server.core.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.001)  # until the first is in the server (running: the model was idle)
+        queued = [stub.ModelInfer.future(slow, timeout=took / 3) for _ in range(3)]  # behind it, expire
+        for call in queued:
+            assert call.exception(30).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert running.result(60).model_name == "dual_camera"
+        _settled(thread)
+        after = _counts(stub, "dual_camera")
+        # Only the first ran (8 items). Each expired call that reached the model counts as its
+        # failure; the transport may end one before it is handed over (the model never sees it).
+        assert (after[0] - before[0], after[2] - before[2]) == (1, 8)
+        assert after[1] - before[1] <= 3  # never counted twice
+    finally:
+        thread.stop()
