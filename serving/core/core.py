@@ -229,22 +229,21 @@ class Core:
             if sum(array.nbytes for array in inputs.values()) >= OFF_LOOP_BYTES:
                 validating = asyncio.get_running_loop().run_in_executor(
                     None, validate_request, served.spec, inputs, outputs, signature)
-                validating.add_done_callback(
-                    lambda done: self._schedule(served, inputs, done.result, signature, answer))
+                validating.add_done_callback(lambda done: self._validated(served, inputs, done, signature, answer))
             else:
-                self._schedule(served, inputs, lambda: validate_request(served.spec, inputs, outputs, signature),
-                               signature, answer)
+                wanted = validate_request(served.spec, inputs, outputs, signature)
+                served.scheduler.submit(inputs, wanted, signature, answer.deadline, answer)
         except Exception as exc:  # noqa: BLE001 - every failure is the request's answer
             answer.set_exception(exc)
         return answer
 
     @staticmethod
-    def _schedule(served, inputs, wanted, signature: str, answer: "Answer") -> None:
-        """Queue a request whose validation `wanted()` returns the outputs to compute (or raises)."""
+    def _validated(served, inputs, validation: asyncio.Future, signature: str, answer: "Answer") -> None:
+        """A large request's off-loop validation is over: queue it, or answer its error."""
         if answer.done():  # cancelled while it was validated
             return
         try:
-            served.scheduler.submit(inputs, wanted(), signature, answer.deadline, answer)
+            served.scheduler.submit(inputs, validation.result(), signature, answer.deadline, answer)
         except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - cancelled: the off-loop check
             answer.set_exception(exc)
 

@@ -131,7 +131,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         no coroutine per call. The same steps as `_infer`, the same errors."""
         for call in calls:
             try:
-                request, raw = parse_request(codec.parse_infer_request, call.payload)
+                request, raw = parse_request(PARSERS["ModelInfer"], call.payload)
                 answer = self.core.submit(*_core_arguments(request, raw, call.time_remaining()),
                                           _BulkReply(call, request, raw))
                 if not answer.done():

@@ -47,7 +47,6 @@ STREAM_WINDOW = 128  # request messages a stream may have read ahead of its hand
 # The transport's own threads (tokio workers): HTTP/2 for tens of thousands of calls a second
 # each; more only add hand-offs on a busy core. MIMO_TRANSPORT_THREADS overrides.
 TRANSPORT_THREADS = int(os.environ.get("MIMO_TRANSPORT_THREADS", "2"))
-UNARY = native.UNARY if native is not None else None
 HOW_TO_BUILD = "reinstall with a Rust toolchain on PATH (pip install ., or make install)"
 
 
@@ -57,6 +56,15 @@ def available() -> bool:
 
 def _code(status: grpc.StatusCode) -> int:
     return status.value[0]
+
+
+def _deadline(timeout: float) -> float | None:
+    """A call's deadline (time.monotonic() seconds) from the transport's timeout (-1: none)."""
+    return time.monotonic() + timeout if timeout >= 0 else None
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 class _Details(NamedTuple):
@@ -80,7 +88,7 @@ class NativeContext:
 
     def __init__(self, metadata: tuple, timeout: float, peer: str):
         self._metadata = metadata
-        self._deadline = time.monotonic() + timeout if timeout >= 0 else None
+        self._deadline = _deadline(timeout)
         self._peer = peer
         self._code: grpc.StatusCode | None = None
         self._details = ""
@@ -102,7 +110,7 @@ class NativeContext:
         return self._metadata
 
     def time_remaining(self) -> float | None:
-        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+        return _remaining(self._deadline)
 
     def peer(self) -> str:
         return self._peer
@@ -145,12 +153,12 @@ class BulkCall:
         self.call = call
         self.payload = payload
         self.metadata = metadata
-        self._deadline = time.monotonic() + timeout if timeout >= 0 else None
+        self._deadline = _deadline(timeout)
         self.over = False  # answered, or the client went away
         self.on_cancel = None  # the handler's: called if the client goes away before the answer
 
     def time_remaining(self) -> float | None:
-        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+        return _remaining(self._deadline)
 
     def reply(self, payload: bytes) -> None:
         if self._end():
@@ -232,7 +240,6 @@ class NativeServer:
         self._bulk: dict[int, BulkCall] = {}  # calls on the bulk path not yet answered
         # The bulk path runs only interceptors that check without a coroutine (see the module doc).
         self._checks = [getattr(i, "check", None) for i in interceptors]
-        self._bulk_allowed = None not in self._checks
         self._generic: list[grpc.GenericRpcHandler] = []
         self._transport = None
         self._http_handler: HttpHandler | None = None
@@ -254,7 +261,7 @@ class NativeServer:
     def add_bulk_unary(self, method: str, handler) -> None:
         """Calls of the unary `method` ("/package.Service/Method") go to `handler(calls)` in bulk:
         a list of BulkCall, each to be answered (reply or fail) once, now or later."""
-        if self._bulk_allowed:
+        if None not in self._checks:
             self._bulk_handlers[method] = handler
 
     def listen(self, address: str, tls: TlsMaterial | None) -> int:
@@ -322,7 +329,7 @@ class NativeServer:
         transport = self._transport
         bulk_handlers, bulk = self._bulk_handlers, None
         for event in transport.drain():
-            if event[0] == UNARY and event[2] in bulk_handlers:
+            if event[0] == native.UNARY and event[2] in bulk_handlers:
                 kind, call, method, payload, metadata, timeout, _ = event
                 self._bulk[call] = taken = BulkCall(self, call, payload, metadata, timeout)
                 bulk = bulk or {}
@@ -339,20 +346,20 @@ class NativeServer:
 
     def _run_bulk(self, method: str, calls: list[BulkCall]) -> None:
         """One method's calls of this wake-up, through the interceptors' checks, to its handler."""
-        if self._checks:
-            allowed = []
-            for taken in calls:
-                try:
-                    for check in self._checks:
-                        check(method, taken.metadata)
-                except ServingError as exc:
-                    taken.fail(GRPC_CODES[exc.code], exc.message)
-                else:
-                    allowed.append(taken)
-            calls = allowed
-        calls = [taken for taken in calls if not taken.over]  # gone in this same wake-up
-        if not calls:
+        allowed = []
+        for taken in calls:
+            if taken.over:  # gone in this same wake-up
+                continue
+            try:
+                for check in self._checks:
+                    check(method, taken.metadata)
+            except ServingError as exc:
+                taken.fail(GRPC_CODES[exc.code], exc.message)
+            else:
+                allowed.append(taken)
+        if not allowed:
             return
+        calls = allowed
         try:
             self._bulk_handlers[method](calls)
         except Exception:  # noqa: BLE001 - a handler bug must still answer every call
