@@ -71,7 +71,7 @@ async def measure(args) -> dict[str, list[float]]:
                 frontend._bulk_handlers = bulk if path == "bulk" else {}
                 queue.answered, queue.expected = 0, args.per_wake
                 queue.all_answered = loop.create_future()
-                queue.events = [(native.UNARY, call + i, MODEL_INFER, payload, (), -1.0, "ipv4:127.0.0.1:1")
+                queue.events = [(native.native.UNARY, call + i, MODEL_INFER, payload, (), -1.0, "ipv4:127.0.0.1:1")
                                 for i in range(args.per_wake)]
                 call += args.per_wake
                 started = time.process_time_ns()
