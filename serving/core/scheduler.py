@@ -349,9 +349,7 @@ class Scheduler:
 
     def _launch(self, jobs: list[_Job], inline: bool | None = None) -> None:
         started = time.perf_counter_ns()
-        record_queue = self.stats.record_queue
-        for job in jobs:
-            record_queue(started - job.enqueued_ns)
+        self.stats.record_queue(*[started - job.enqueued_ns for job in jobs])
         self.running += 1
         if self._runs_inline(jobs) if inline is None else inline:
             self._complete(jobs, self._execute(jobs))
