@@ -1,6 +1,7 @@
 """The ONE codec: numpy <-> protobuf tensors, both protocols, both sides.
 
 KServe v2 (inference.*):   server  decode_infer_request / encode_infer_response
+                                   (infer_response_bytes: the same, serialized, for raw answers)
                            client  encode_infer_request / decode_infer_response
 TF Serving (tensorflow.*): server  decode_predict_request / encode_predict_response
                            client  encode_predict_request / decode_predict_response
@@ -47,7 +48,8 @@ def _shape(dims: Iterable[int], name: str, kind: str) -> tuple[int, ...]:
     shape = tuple(dims)
     if shape and min(shape) < 0:
         raise CodecError(f"negative dimension in shape {list(shape)}", name, kind)
-    if math.prod(d for d in shape if d) > _MAX_ELEMENTS:
+    count = math.prod(shape)
+    if count > _MAX_ELEMENTS or (not count and math.prod(d for d in shape if d) > _MAX_ELEMENTS):
         raise CodecError(f"shape {list(shape)} overflows: more than 2**60 elements", name, kind)
     return shape
 
@@ -91,7 +93,7 @@ def _frombuffer(entry: DType, data: bytes, shape, name: str, kind: str) -> np.nd
         raise CodecError(
             f"raw data is {len(data)} bytes, shape {list(shape)} {entry.name} needs {need}", name, kind
         )
-    return np.frombuffer(data, dtype=entry.numpy).reshape(shape)
+    return np.ndarray(shape, entry.numpy, data)  # a view of `data`, as frombuffer's, in one call
 
 
 def _from_values(entry: DType, values, shape, name: str, kind: str, broadcast=False,
@@ -153,14 +155,15 @@ def _decode_v2(tensors, raws, kind: str) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     if raws and len(raws) != len(tensors):
         raise CodecError(f"{len(raws)} raw contents for {len(tensors)} {kind}s")
-    for i, tensor in enumerate(tensors):
+    # Protobuf's repeated fields slice into lists several times faster than they iterate.
+    for i, tensor in enumerate(tensors[:]):
         name = tensor.name
         if name in out:
             raise CodecError("appears twice", name, kind)
         entry = DTYPES.get(tensor.datatype)
         if entry is None:
             raise CodecError(f"unsupported datatype {tensor.datatype!r}", name, kind)
-        shape = _shape(tensor.shape, name, kind)
+        shape = _shape(tensor.shape[:], name, kind)  # a list: see above
         if raws:
             if tensor.HasField("contents"):
                 raise CodecError("has typed contents but the message uses raw contents", name, kind)
@@ -265,7 +268,7 @@ def decode_infer_request(request, raw: Sequence | None = None) -> dict[str, np.n
 
 def requested_outputs(request) -> list[str]:
     """Server: the output names a ModelInferRequest asks for ([] = all)."""
-    return [output.name for output in request.outputs]
+    return [output.name for output in request.outputs[:]]  # a list: see _decode_v2
 
 
 def encode_infer_response(
@@ -287,9 +290,24 @@ def encode_infer_response(
     response.model_name = model_name
     response.model_version = str(model_version)
     response.id = request_id
-    _set_parameters(response.parameters, parameters)
+    if parameters:
+        _set_parameters(response.parameters, parameters)
     _encode_v2(response.outputs, response.raw_output_contents, outputs, raw, "output")
     return response
+
+
+def infer_response_bytes(model_name: str, outputs: Mapping[str, Any], model_version: str | int = "",
+                         request_id: str = "") -> bytes:
+    """Server: encode_infer_response(...).SerializeToString() for raw contents and no parameters,
+    the same bytes without building the message (the unary answer's fast path: a third of the
+    cost for small outputs)."""
+    entries, raws = [], []
+    for name, value in outputs.items():
+        arr, entry = _as_array(value, name, "output")
+        entries.append(wire.response_output(name, entry.name, arr.shape))
+        raws.append(_encode_v2_bytes(_bytes_items(arr, name, "output")) if entry is _BYTES
+                    else _numeric_raw(entry, arr))
+    return wire.infer_response(wire.response_head(model_name, str(model_version)), request_id, entries, raws)
 
 
 def encode_infer_request(

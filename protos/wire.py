@@ -11,6 +11,8 @@ after a bounded number of fields, counting what is left as typed (the conservati
 
 from __future__ import annotations
 
+import functools
+
 from mimo.protos import grpc_service_pb2 as kserve
 from mimo.protos import tf_serving_pb2 as tfs
 
@@ -145,7 +147,12 @@ def split_raw_contents(payload: bytes) -> tuple[bytes, list[memoryview]] | None:
     return b"".join(kept), raw
 
 
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
+
+
 def _varint_bytes(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value >= 0x80:
         out.append(value & 0x7F | 0x80)
@@ -198,3 +205,42 @@ def split_tensor_contents(payload: bytes) -> tuple[bytes, dict[str, memoryview]]
         return None
     kept.append(buf[since:])
     return b"".join(kept), {key: content for key, content in contents.items() if content is not None}
+
+
+# -- writing a ModelInferResponse (the server's unary answer) without building the message -------
+
+_RESPONSE = kserve.ModelInferResponse.DESCRIPTOR.fields_by_name
+_OUTPUT = kserve.ModelInferResponse.InferOutputTensor.DESCRIPTOR.fields_by_name
+
+
+def _string_field(number: int, text: str) -> bytes:
+    return _length_delimited(number, text.encode()) if text else b""  # proto3 leaves "" out
+
+
+@functools.lru_cache(maxsize=256)
+def response_head(model_name: str, model_version: str) -> bytes:
+    """model_name and model_version of a ModelInferResponse (the same on every answer)."""
+    return (_string_field(_RESPONSE["model_name"].number, model_name)
+            + _string_field(_RESPONSE["model_version"].number, model_version))
+
+
+@functools.lru_cache(maxsize=4096)
+def response_output(name: str, datatype: str, shape: tuple[int, ...]) -> bytes:
+    """One `outputs` entry (name, datatype, packed shape): the same for every answer of that shape."""
+    dims = b"".join(_varint_bytes(dim) for dim in shape)  # dims are >= 0 here
+    body = (_string_field(_OUTPUT["name"].number, name) + _string_field(_OUTPUT["datatype"].number, datatype)
+            + (_length_delimited(_OUTPUT["shape"].number, dims) if dims else b""))
+    return _length_delimited(_RESPONSE["outputs"].number, body)
+
+
+_RESPONSE_ID = _RESPONSE["id"].number
+_RAW_OUTPUT_KEY = _varint_bytes(_RESPONSE["raw_output_contents"].number << 3 | LENGTH_DELIMITED)
+
+
+def infer_response(head: bytes, request_id: str, outputs: list[bytes], raws: list[bytes]) -> bytes:
+    """A serialized ModelInferResponse, byte for byte what protobuf writes for the same message
+    without parameters: fields in number order (1, 2 in `head`; id; outputs; raw contents)."""
+    parts = [head, _string_field(_RESPONSE_ID, request_id) if request_id else b"", *outputs]
+    for raw in raws:
+        parts += (_RAW_OUTPUT_KEY, _varint_bytes(len(raw)), raw)
+    return b"".join(parts)

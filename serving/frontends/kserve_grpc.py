@@ -183,10 +183,21 @@ def _core_arguments(request, raw, remaining) -> tuple:
     return request.model_name, request.model_version, inputs, codec.requested_outputs(request), signature, timeout
 
 
+def _answers_raw(request, raw) -> bool:
+    """Raw output bytes unless the client sent typed contents only (then answer in kind)."""
+    return bool(raw) or not request.inputs
+
+
 def _response(result, request, raw) -> pb.ModelInferResponse:
-    # Raw output bytes unless the client sent typed contents only (then answer in kind).
     return codec.encode_infer_response(result.model, result.outputs, result.version, request.id,
-                                       raw=bool(raw) or not request.inputs)
+                                       raw=_answers_raw(request, raw))
+
+
+def _response_bytes(result, request, raw) -> bytes:
+    """_response, serialized (the raw case written without building the message)."""
+    if _answers_raw(request, raw):
+        return codec.infer_response_bytes(result.model, result.outputs, result.version, request.id)
+    return _response(result, request, raw).SerializeToString()
 
 
 class _BulkReply:
@@ -204,7 +215,7 @@ class _BulkReply:
 
     def set_result(self, result) -> None:
         try:
-            payload = _response(result, self.request, self.raw).SerializeToString()
+            payload = _response_bytes(result, self.request, self.raw)
         except Exception as exc:  # noqa: BLE001
             self.set_exception(exc)
         else:

@@ -22,6 +22,7 @@ from mimo.protos import (
     encode_tensor_proto,
     requested_outputs,
 )
+from mimo.protos import codec
 from mimo.protos import grpc_service_pb2 as v2
 from mimo.protos import tf_framework_pb2 as tfpb
 from mimo.protos import tf_serving_pb2 as tfs
@@ -89,6 +90,18 @@ def test_v2_response_round_trip(datatype, raw):
     assert list(decoded) == ["y", "z"]
     for name, want in outputs.items():
         assert_same(decoded[name], want)
+
+
+@pytest.mark.parametrize("datatype", DATATYPES)
+@pytest.mark.parametrize("shape", [(), (0, 4), (2, 3), (1, 200, 3)], ids=str)  # 200: a two-byte varint
+@pytest.mark.parametrize("names", [("m", 2, ""), ("", "", "r" * 130), ("é" * 100, "17", "id-1")], ids=str)
+def test_response_bytes_are_the_messages_bytes(datatype, shape, names):
+    """The unary answer's writer: exactly what protobuf serializes, every datatype and shape, long
+    and empty names (proto3 leaves "" out), several outputs in their order."""
+    model, version, request_id = names
+    outputs = {"y": sample(datatype, shape), "ünï" * 50: sample("FP32", (4,)), "b": sample("BYTES", (2,))}
+    want = encode_infer_response(model, outputs, model_version=version, request_id=request_id).SerializeToString()
+    assert codec.infer_response_bytes(model, outputs, version, request_id) == want
 
 
 def test_v2_raw_bytes_are_little_endian_and_length_prefixed():
