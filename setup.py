@@ -2,9 +2,10 @@
 
 Everything else about the package is in pyproject.toml. This file only decides whether there is an
 extension to build: with cargo on PATH, setuptools-rust compiles native/ into one abi3 extension
-(CPython >= 3.10) and the wheel is tagged for its platform (cp310-abi3-<platform>); without cargo,
-or with MIMO_PURE=1, nothing is compiled, the wheel is pure (py3-none-any), and `mimo serve` runs on
-grpc.aio and says so once at start-up.
+(CPython >= 3.11: its stable ABI has the buffer protocol, which hands large requests to numpy
+without a copy) and the wheel is tagged for its platform (cp311-abi3-<platform>); without cargo,
+on CPython 3.10, or with MIMO_PURE=1, nothing is compiled, the wheel is pure (py3-none-any), and
+`mimo serve` runs on grpc.aio and says so once at start-up.
 """
 
 import os
@@ -16,6 +17,10 @@ from setuptools import setup
 
 def rust_extensions() -> list:
     if os.environ.get("MIMO_PURE") == "1":
+        return []
+    if sys.version_info < (3, 11):
+        print("mimo: the native transport needs CPython 3.11 or later: installing without it (grpc.aio serves)",
+              file=sys.stderr)
         return []
     if shutil.which("cargo") is None:
         print("mimo: cargo is not on PATH: installing without the native transport (grpc.aio serves)",
@@ -31,4 +36,4 @@ def rust_extensions() -> list:
 
 
 extensions = rust_extensions()
-setup(rust_extensions=extensions, options={"bdist_wheel": {"py_limited_api": "cp310"}} if extensions else {})
+setup(rust_extensions=extensions, options={"bdist_wheel": {"py_limited_api": "cp311"}} if extensions else {})

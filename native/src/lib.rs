@@ -18,7 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use std::ffi::{c_int, c_void};
+
+use pyo3::exceptions::{PyBufferError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use tokio::sync::watch;
@@ -29,6 +32,54 @@ use server::{Limits, Protocol, Shared, Tls};
 
 const UNAVAILABLE: i32 = 14;
 
+/// A request message that Python reads where the transport assembled it: a read-only buffer
+/// (memoryview(payload), numpy views of it) over the transport's own bytes, which it keeps alive
+/// as long as any view of it lives. Large messages come this way, so their bytes are copied once
+/// (from the HTTP/2 frames into one message) between the socket and ONNX Runtime, not twice.
+#[pyclass(module = "mimo.serving._transport", frozen)]
+struct Payload {
+    bytes: Bytes,
+}
+
+#[pymethods]
+impl Payload {
+    fn __len__(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn __bytes__<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.bytes)
+    }
+
+    /// SAFETY (for the caller, CPython): `view` is a Py_buffer to fill; the bytes never move or
+    /// change while this object lives, and the view holds a reference to it.
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+        if view.is_null() {
+            return Err(PyBufferError::new_err("no view to fill"));
+        }
+        if flags & ffi::PyBUF_WRITABLE == ffi::PyBUF_WRITABLE {
+            return Err(PyBufferError::new_err("a request's bytes are read-only"));
+        }
+        let bytes = &slf.get().bytes;
+        // SAFETY: view is a valid Py_buffer (checked non-null); FillInfo takes a new reference to
+        // slf, which owns the bytes the pointer points into, read-only.
+        let filled = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                bytes.as_ptr() as *mut c_void,
+                bytes.len() as ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
+        if filled != 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+}
+
 #[pyclass(module = "mimo.serving._transport", frozen)]
 struct Transport {
     shared: Arc<Shared>,
@@ -36,6 +87,9 @@ struct Transport {
     stop: watch::Sender<bool>,
     tls: Option<Tls>,
     address: String,
+    /// Unary request messages from this size on reach Python as a Payload (a view), smaller ones
+    /// as bytes (cheaper to make than an object with a buffer, for a few hundred bytes).
+    view_min_bytes: usize,
 }
 
 impl Transport {
@@ -79,7 +133,7 @@ impl Transport {
     #[pyo3(signature = (address, max_message_bytes, unary_methods, stream_window, tls_key="", tls_cert="",
         tls_client_ca="", *, max_calls=16_384, max_streams_per_connection=1024, max_connections=16_384,
         max_header_list_bytes=16_384, keepalive_interval_s=60.0, keepalive_timeout_s=20.0, idle_timeout_s=600.0,
-        handshake_timeout_s=10.0, stream_unsent_bytes=4_194_304, threads=2))]
+        handshake_timeout_s=10.0, stream_unsent_bytes=4_194_304, threads=2, view_min_bytes=usize::MAX))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         address: String,
@@ -99,6 +153,7 @@ impl Transport {
         handshake_timeout_s: f64,
         stream_unsent_bytes: usize,
         threads: usize,
+        view_min_bytes: usize,
     ) -> PyResult<Self> {
         if stream_window == 0 || max_calls == 0 || max_connections == 0 || max_streams_per_connection == 0 {
             return Err(PyValueError::new_err("stream_window and the max_* limits must be at least 1"));
@@ -130,7 +185,7 @@ impl Transport {
             client_ca: tls_client_ca.to_owned(),
         });
         let (stop, _) = watch::channel(false);
-        Ok(Transport { shared, runtime: Mutex::new(None), stop, tls, address })
+        Ok(Transport { shared, runtime: Mutex::new(None), stop, tls, address, view_min_bytes })
     }
 
     /// Listen for gRPC on the address given at construction; returns the port.
@@ -149,13 +204,17 @@ impl Transport {
         self.shared.calls.events.fileno()
     }
 
-    /// Queued events: (kind, call, method, payload, metadata, timeout, peer) tuples.
+    /// Queued events: (kind, call, method, payload, metadata, timeout, peer) tuples; payload is
+    /// bytes, a Payload (a unary request of view_min_bytes or more), or None.
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let events = self.shared.calls.events.drain();
         let list = PyList::empty(py);
         for event in events {
-            let payload: Bound<'py, PyAny> = match &event.payload {
-                Some(bytes) => PyBytes::new(py, bytes).into_any(),
+            let payload: Bound<'py, PyAny> = match event.payload {
+                Some(bytes) if event.kind == Kind::Unary && bytes.len() >= self.view_min_bytes => {
+                    Bound::new(py, Payload { bytes })?.into_any()
+                }
+                Some(bytes) => PyBytes::new(py, &bytes).into_any(),
                 None => py.None().into_bound(py),
             };
             let (method, metadata, timeout, peer) = match &event.head {
@@ -272,5 +331,6 @@ fn _transport(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FULL", WriteResult::Full as i32)?;
     m.add("STACK", env!("MIMO_TRANSPORT_STACK"))?;
     m.add_class::<Transport>()?;
+    m.add_class::<Payload>()?;
     Ok(())
 }

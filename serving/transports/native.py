@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import grpc
 
+from mimo.protos.codec import ZERO_COPY_MIN_BYTES
 from mimo.serving.core.errors import NO_REQUEST_MESSAGE, ServingError
 from mimo.serving.frontends.grpc_status import GRPC_CODES, parse_request
 from mimo.serving.transports.base import HttpHandler, HttpRequest, HttpResponse
@@ -285,7 +286,7 @@ class NativeServer:
         key, cert, client_ca = ("", "", "") if tls is None else (
             tls.key.decode(), tls.cert.decode(), (tls.client_ca or b"").decode())
         self._transport = native.Transport(address, self._max_message_bytes, unary, STREAM_WINDOW, key, cert, client_ca,
-                                           threads=TRANSPORT_THREADS)
+                                           threads=TRANSPORT_THREADS, view_min_bytes=ZERO_COPY_MIN_BYTES)
         return self._transport
 
     def _start_port(self, start) -> int:
@@ -335,6 +336,10 @@ class NativeServer:
                 bulk = bulk or {}
                 bulk.setdefault(method, []).append(taken)
                 continue
+            if event[0] == native.UNARY and type(event[3]) is not bytes:
+                # A large request as a view of the transport's buffer: only the bulk path reads it
+                # in place; every other handler gets bytes (the copy the transport used to make).
+                event = (*event[:3], bytes(event[3]), *event[4:])
             try:
                 self._dispatch(transport, *event)
             except Exception:  # noqa: BLE001 - one event must not lose the others

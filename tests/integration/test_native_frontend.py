@@ -336,3 +336,42 @@ def test_bulk_calls_whose_deadline_passes_in_the_queue_never_run_and_are_counted
         assert after[1] - before[1] <= 3  # never counted twice
     finally:
         thread.stop()
+
+
+def _buffer_owner(arr: np.ndarray):
+    """The object whose memory a numpy view reads (past the memoryviews in between)."""
+    base = arr
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return base.obj if isinstance(base, memoryview) else base
+
+
+def test_a_large_request_reaches_the_model_as_views_of_the_transports_buffer(exported_repo, native, monkeypatch):
+    """One copy between the socket and ONNX Runtime (the transport's, assembling the message from
+    its HTTP/2 frames): the model's inputs are numpy views of that buffer, not of Python bytes."""
+    arrays = sample_inputs(exported_repo, "qa", 32, seed=3, length=300)
+    request = codec.encode_infer_request("qa", arrays)
+    assert request.ByteSize() >= codec.ZERO_COPY_MIN_BYTES
+    backend = native.server.core.registry.get("qa").backend
+    owners, predict = [], backend.predict
+
+    def spy(inputs, outputs, *args):
+        owners.extend(_buffer_owner(arr) for arr in inputs.values())
+        return predict(inputs, outputs, *args)
+
+    monkeypatch.setattr(backend, "predict", spy)
+    answer = codec.decode_infer_response(_stub(native.address).ModelInfer(request, timeout=30))
+    want = run_onnx(exported_repo, "qa", arrays)
+    assert answer.keys() == want.keys()
+    for name in want:
+        np.testing.assert_allclose(answer[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert len(owners) == 2 and {type(owner).__name__ for owner in owners} == {"Payload"}
+    assert owners[0] is owners[1]  # both inputs in the one message buffer
+    # The same size over the other unary handlers (here TF Serving's Predict), which read bytes.
+    from mimo.protos import tf_serving_pb2_grpc as tfs_grpc
+
+    channel = grpc.insecure_channel(native.address)
+    predicted = codec.decode_predict_response(tfs_grpc.PredictionServiceStub(channel).Predict(
+        codec.encode_predict_request("qa", arrays), timeout=30))
+    for name in want:
+        np.testing.assert_allclose(predicted[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)

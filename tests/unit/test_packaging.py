@@ -33,7 +33,7 @@ def _wheel_metadata(wheel: Path) -> str:
 @pytest.mark.skipif(shutil.which("cargo") is None, reason="no Rust toolchain: the wheel is pure here")
 def test_the_wheel_carries_the_native_transport_tagged_for_its_platform(tmp_path):
     wheel = _build_wheel(tmp_path)
-    assert wheel.name.endswith("-cp310-abi3-linux_x86_64.whl"), wheel.name
+    assert wheel.name.endswith("-cp311-abi3-linux_x86_64.whl"), wheel.name
     assert "Root-Is-Purelib: false" in _wheel_metadata(wheel)
     assert "mimo/serving/_transport.abi3.so" in zipfile.ZipFile(wheel).namelist()
 
