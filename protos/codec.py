@@ -1,7 +1,8 @@
 """The ONE codec: numpy <-> protobuf tensors, both protocols, both sides.
 
 KServe v2 (inference.*):   server  decode_infer_request / encode_infer_response
-                                   (infer_response_bytes: the same, serialized, for raw answers)
+                                   (infer_response_bytes: the same, serialized, for raw answers;
+                                   stream_response_bytes wraps one for ModelStreamInfer)
                            client  encode_infer_request / decode_infer_response
 TF Serving (tensorflow.*): server  decode_predict_request / encode_predict_response
                            client  encode_predict_request / decode_predict_response
@@ -308,6 +309,12 @@ def infer_response_bytes(model_name: str, outputs: Mapping[str, Any], model_vers
         raws.append(_encode_v2_bytes(_bytes_items(arr, name, "output")) if entry is _BYTES
                     else _numeric_raw(entry, arr))
     return wire.infer_response(wire.response_head(model_name, str(model_version)), request_id, entries, raws)
+
+
+def stream_response_bytes(infer_response: bytes) -> bytes:
+    """Server: a serialized ModelStreamInferResponse holding one serialized ModelInferResponse
+    (no error_message), as protobuf writes it."""
+    return wire.stream_response(infer_response)
 
 
 def encode_infer_request(

@@ -244,3 +244,12 @@ def infer_response(head: bytes, request_id: str, outputs: list[bytes], raws: lis
     for raw in raws:
         parts += (_RAW_OUTPUT_KEY, _varint_bytes(len(raw)), raw)
     return b"".join(parts)
+
+
+_STREAM_INFER_KEY = _varint_bytes(
+    kserve.ModelStreamInferResponse.DESCRIPTOR.fields_by_name["infer_response"].number << 3 | LENGTH_DELIMITED)
+
+
+def stream_response(infer_response: bytes) -> bytes:
+    """A serialized ModelStreamInferResponse with only its infer_response (a serialized one)."""
+    return b"".join((_STREAM_INFER_KEY, _varint_bytes(len(infer_response)), infer_response))

@@ -34,6 +34,7 @@ def add_inference_service(server, core: Core) -> str:
     name = add_service(server, servicer, SERVICE, pb, PARSERS)
     if hasattr(server, "add_bulk_unary"):
         server.add_bulk_unary(f"/{name}/ModelInfer", servicer.model_infer_bulk)
+        server.add_bulk_stream(f"/{name}/ModelStreamInfer", servicer.model_stream_infer_bulk)
     return name
 
 
@@ -111,14 +112,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return pb.ModelStreamInferResponse(infer_response=await self._infer(request, None))
         except Exception as exc:  # noqa: BLE001
-            code, message = grpc_status(exc)
-            response = pb.ModelStreamInferResponse(
-                error_message=message,
-                infer_response=pb.ModelInferResponse(model_name=request.message.model_name, id=request.message.id),
-            )
-            # Triton's wrapper has no status code; mimo adds it as a parameter clients may read.
-            response.infer_response.parameters["error_code"].string_param = code.name
-            return response
+            return _stream_error(exc, request.message)
 
     async def _infer(self, parsed: codec.InferRequest, remaining):
         request, raw = parsed
@@ -138,6 +132,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     call.on_cancel = answer.cancel
             except Exception as exc:  # noqa: BLE001 - every failure becomes the call's status
                 call.fail(*grpc_status(exc))
+
+    def model_stream_infer_bulk(self, stream, payloads) -> None:
+        """ModelStreamInfer's messages of one wake-up of the native transport (BulkStream): each
+        is parsed, decoded, validated and queued as model_infer_bulk's calls are, and its answer
+        (or its error_message) goes out in request order. A message that does not parse ends the
+        stream with its status, after the answers before it: as `ModelStreamInfer`."""
+        for payload in payloads:
+            try:
+                request, raw = parse_request(PARSERS["ModelStreamInfer"], payload, "a request message")
+            except Exception as exc:  # noqa: BLE001
+                stream.fail(*grpc_status(exc))
+                return
+            reply = _StreamReply(stream.slot(), request, raw)
+            try:
+                answer = self.core.submit(*_core_arguments(request, raw, None), reply)
+            except Exception as exc:  # noqa: BLE001 - decoding: this request's error_message
+                reply.set_exception(exc)
+                continue
+            if not answer.done():
+                reply.slot.on_cancel = answer.cancel
 
     # -- statistics and repository ------------------------------------------------------------
 
@@ -223,6 +237,41 @@ class _BulkReply:
 
     def set_exception(self, exc: BaseException) -> None:
         self.call.fail(*grpc_status(exc))
+
+
+class _StreamReply:
+    """The core's answer to one request of a bulk stream, encoded into its place in the order."""
+
+    __slots__ = ("slot", "request", "raw")
+
+    def __init__(self, slot, request, raw):
+        self.slot = slot
+        self.request = request
+        self.raw = raw
+
+    def done(self) -> bool:
+        return self.slot.over
+
+    def set_result(self, result) -> None:
+        try:
+            payload = codec.stream_response_bytes(_response_bytes(result, self.request, self.raw))
+        except Exception as exc:  # noqa: BLE001
+            self.set_exception(exc)
+        else:
+            self.slot.send(payload)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.slot.send(_stream_error(exc, self.request).SerializeToString())
+
+
+def _stream_error(exc: BaseException, request) -> pb.ModelStreamInferResponse:
+    """A stream's answer to a request that failed: error_message, and the stream goes on."""
+    code, message = grpc_status(exc)
+    response = pb.ModelStreamInferResponse(
+        error_message=message, infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id))
+    # Triton's wrapper has no status code; mimo adds it as a parameter clients may read.
+    response.infer_response.parameters["error_code"].string_param = code.name
+    return response
 
 
 def _read_parameters(parameters) -> dict:

@@ -12,7 +12,9 @@ of that method one wake-up brought then goes to its handler in one synchronous c
 objects it answers when it can (here, when the request's batch has run), with no asyncio task,
 interceptor coroutine or servicer coroutine per call. Interceptors that can check a call without a
 coroutine (a `check(method, metadata)` that raises a ServingError) guard it; with any other
-interceptor the method goes the task path.
+interceptor the method goes the task path. A streaming method may go the same way
+(`add_bulk_stream`): its messages of one wake-up go to the handler together, as payloads of a
+BulkStream that sends the answers in request order.
 """
 
 from __future__ import annotations
@@ -183,6 +185,96 @@ class BulkCall:
                 self.on_cancel()
 
 
+class BulkStream:
+    """One streaming call on the bulk path. The handler takes each request message as it arrives
+    and reserves its answer's place (`slot`); answers leave in request order, whatever order they
+    are filled in. A message is acknowledged to the transport (which then reads one more) once its
+    answer is sent, so a stream holds at most the read window (STREAM_WINDOW) of requests in the
+    server, and while its client does not read (the transport's unsent limit) none are acknowledged."""
+
+    __slots__ = ("_server", "call", "method", "_pending", "_ended", "_status", "_blocked", "_owed", "over")
+
+    def __init__(self, server: "NativeServer", call: int, method: str):
+        self._server = server
+        self.call = call
+        self.method = method
+        self._pending: collections.deque[StreamSlot] = collections.deque()  # oldest first
+        self._ended = False  # the client half-closed
+        self._status: tuple[grpc.StatusCode, str] | None = None  # to end with, after the answers before it
+        self._blocked = False  # the client is not reading its answers: acknowledgements wait
+        self._owed = 0  # acknowledgements held back while blocked
+        self.over = False  # ended, or the client went away
+
+    @property
+    def taking(self) -> bool:
+        """Whether messages still go to the handler (not after a failure or the end)."""
+        return not (self.over or self._status)
+
+    def slot(self) -> "StreamSlot":
+        slot = StreamSlot(self)
+        self._pending.append(slot)
+        return slot
+
+    def fail(self, code: grpc.StatusCode, details: str) -> None:
+        """End the stream with this status once the answers already reserved are sent."""
+        if self.taking:
+            self._status = (code, details)
+            self._flush()
+
+    def _end(self) -> None:  # END: the client sent its last message
+        self._ended = True
+        self._flush()
+
+    def _writable(self) -> None:  # WRITABLE: the client reads again
+        self._blocked, owed, self._owed = False, self._owed, 0
+        for _ in range(owed):
+            self._server._transport.ack(self.call)
+
+    def _flush(self) -> None:
+        transport, pending = self._server._transport, self._pending
+        while pending and pending[0].payload is not None and not self.over:
+            if transport.write(self.call, pending.popleft().payload) == native.FULL:
+                self._blocked = True
+            if self._blocked:
+                self._owed += 1
+            else:
+                transport.ack(self.call)
+        if not pending and (self._ended or self._status) and not self.over:
+            code, details = self._status or (grpc.StatusCode.OK, "")
+            self.over = True
+            self._server._bulk_streams.pop(self.call, None)
+            transport.finish(self.call, _code(code), details)
+
+    def _gone(self) -> None:  # GONE, or the server stopped: nothing more is sent
+        if not self.over:
+            self.over = True
+            self._server._bulk_streams.pop(self.call, None)
+            pending, self._pending = self._pending, collections.deque()
+            for slot in pending:
+                if slot.on_cancel is not None:
+                    slot.on_cancel()
+
+
+class StreamSlot:
+    """The place of one answer in its stream's order: `send` fills it (once)."""
+
+    __slots__ = ("_stream", "payload", "on_cancel")
+
+    def __init__(self, stream: BulkStream):
+        self._stream = stream
+        self.payload: bytes | None = None
+        self.on_cancel = None  # the handler's: called if the stream goes away before the answer
+
+    @property
+    def over(self) -> bool:
+        return self._stream.over
+
+    def send(self, payload: bytes) -> None:
+        if self.payload is None:
+            self.payload = payload
+            self._stream._flush()
+
+
 class _RequestStream:
     """The request messages of one streaming call, as an async iterator; each message taken
     lets the transport read one more (back-pressure)."""
@@ -239,6 +331,8 @@ class NativeServer:
         self._registered: dict[str, grpc.RpcMethodHandler] = {}
         self._bulk_handlers: dict[str, object] = {}  # method -> handler(list[BulkCall])
         self._bulk: dict[int, BulkCall] = {}  # calls on the bulk path not yet answered
+        self._bulk_stream_handlers: dict[str, object] = {}  # method -> handler(BulkStream, payloads)
+        self._bulk_streams: dict[int, BulkStream] = {}  # streams on the bulk path not yet over
         # The bulk path runs only interceptors that check without a coroutine (see the module doc).
         self._checks = [getattr(i, "check", None) for i in interceptors]
         self._generic: list[grpc.GenericRpcHandler] = []
@@ -264,6 +358,13 @@ class NativeServer:
         a list of BulkCall, each to be answered (reply or fail) once, now or later."""
         if None not in self._checks:
             self._bulk_handlers[method] = handler
+
+    def add_bulk_stream(self, method: str, handler) -> None:
+        """Streams of the request- and response-streaming `method` go to `handler(stream,
+        payloads)`: each wake-up's messages of a stream in one call, to be answered through
+        `stream.slot()` in request order (or `stream.fail` ends the stream)."""
+        if None not in self._checks:
+            self._bulk_stream_handlers[method] = handler
 
     def listen(self, address: str, tls: TlsMaterial | None) -> int:
         """gRPC on `address`; register every service first (unary methods are told apart here)."""
@@ -315,6 +416,9 @@ class NativeServer:
         for bulk in list(self._bulk.values()):  # the transport has ended them (UNAVAILABLE)
             bulk._gone()
         self._bulk.clear()
+        for stream in list(self._bulk_streams.values()):
+            stream._gone()
+        self._bulk_streams.clear()
         self._stopped.set()
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -328,13 +432,27 @@ class NativeServer:
 
     def _on_events(self) -> None:
         transport = self._transport
-        bulk_handlers, bulk = self._bulk_handlers, None
+        bulk_handlers, bulk, streams, messages = self._bulk_handlers, None, self._bulk_streams, None
         for event in transport.drain():
             if event[0] == native.UNARY and event[2] in bulk_handlers:
                 kind, call, method, payload, metadata, timeout, _ = event
                 self._bulk[call] = taken = BulkCall(self, call, payload, metadata, timeout)
                 bulk = bulk or {}
                 bulk.setdefault(method, []).append(taken)
+                continue
+            stream = streams.get(event[1]) if streams else None
+            if stream is not None:
+                if event[0] == native.MESSAGE:
+                    if stream.taking:
+                        messages = messages or {}
+                        messages.setdefault(stream, []).append(event[3])
+                    continue
+                if messages and stream in messages:  # its messages so far go before what ends it
+                    self._run_bulk_stream(stream, messages.pop(stream))
+                self._stream_event(stream, event[0])
+                continue
+            if event[0] == native.OPEN and event[2] in self._bulk_stream_handlers:
+                self._open_bulk_stream(event[1], event[2], event[4])
                 continue
             if event[0] == native.UNARY and type(event[3]) is not bytes:
                 # A large request as a view of the transport's buffer: only the bulk path reads it
@@ -348,6 +466,36 @@ class NativeServer:
         if bulk:
             for method, calls in bulk.items():
                 self._run_bulk(method, calls)
+        if messages:
+            for stream, payloads in messages.items():
+                self._run_bulk_stream(stream, payloads)
+
+    def _open_bulk_stream(self, call: int, method: str, metadata: tuple) -> None:
+        try:
+            for check in self._checks:
+                check(method, metadata)
+        except ServingError as exc:
+            self._transport.finish(call, _code(GRPC_CODES[exc.code]), exc.message)
+            return
+        self._bulk_streams[call] = BulkStream(self, call, method)
+
+    def _run_bulk_stream(self, stream: BulkStream, payloads: list) -> None:
+        if not stream.taking:
+            return
+        try:
+            self._bulk_stream_handlers[stream.method](stream, payloads)
+        except Exception:  # noqa: BLE001 - a handler bug ends its stream, not the others
+            log.exception("unexpected error in %s (bulk stream)", stream.method)
+            stream.fail(grpc.StatusCode.INTERNAL, "the server could not take this stream's requests")
+
+    @staticmethod
+    def _stream_event(stream: BulkStream, kind: int) -> None:
+        if kind == native.END:
+            stream._end()
+        elif kind == native.WRITABLE:
+            stream._writable()
+        elif kind == native.GONE:
+            stream._gone()
 
     def _run_bulk(self, method: str, calls: list[BulkCall]) -> None:
         """One method's calls of this wake-up, through the interceptors' checks, to its handler."""

@@ -266,6 +266,41 @@ def test_stop_ends_a_stream_that_never_closes_after_the_grace_period(exported_re
 
 def test_model_infer_takes_the_bulk_path(native):
     assert MODEL_INFER in native.server._server._bulk_handlers
+    assert "/inference.GRPCInferenceService/ModelStreamInfer" in native.server._server._bulk_stream_handlers
+
+
+def test_a_stream_of_good_and_bad_requests_answers_each_in_order_as_grpc_aio(exported_repo, native, python):
+    """The bulk stream path against grpc.aio's: every request answered in order, a failing one by
+    its error_message and error_code, and the stream goes on; nothing is left behind."""
+    qa = sample_inputs(exported_repo, "qa", 2, seed=5)
+    out_of_range = {name: np.full_like(array, 10_000_000) for name, array in qa.items()}
+    requests = [
+        codec.encode_infer_request("mlp", sample_inputs(exported_repo, "mlp", 1, seed=1), request_id="0"),
+        codec.encode_infer_request("nope", sample_inputs(exported_repo, "mlp", 1), request_id="1"),
+        codec.encode_infer_request("mlp", {"wrong": np.zeros((1, 64), np.float32)}, request_id="2"),
+        codec.encode_infer_request("qa", qa, request_id="3"),
+        codec.encode_infer_request("qa", out_of_range, request_id="4"),
+        codec.encode_infer_request("mlp", sample_inputs(exported_repo, "mlp", 3, seed=2), request_id="5"),
+    ] * 3
+    answers = []
+    for server in (native, python):
+        replies = list(_stub(server.address).ModelStreamInfer(iter(requests), timeout=60))
+        answers.append([(r.infer_response.id, r.error_message, r.infer_response.parameters["error_code"].string_param
+                         if "error_code" in r.infer_response.parameters else "",
+                         codec.decode_infer_response(r.infer_response) if not r.error_message else None)
+                        for r in replies])
+    got, want = answers
+    assert [a[0] for a in got] == [str(i % 6) for i in range(18)]
+    assert [a[1:3] for a in got] == [a[1:3] for a in want]
+    assert [bool(a[1]) for a in got[:6]] == [False, True, True, False, True, False]
+    assert got[1][2] == "NOT_FOUND" and got[4][2] == "INVALID_ARGUMENT"
+    for (_, _, _, outputs), (_, _, _, expected) in zip(got, want):
+        if expected is not None:
+            assert outputs.keys() == expected.keys()
+            for name in expected:
+                np.testing.assert_allclose(outputs[name], expected[name], rtol=1e-6, atol=1e-7)
+    _settled(native)
+    assert not native.server._server._bulk_streams and native.server._server._transport.active() == 0
 
 
 def _counts(stub, model: str) -> tuple[int, int, int]:
