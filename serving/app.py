@@ -70,6 +70,8 @@ class MimoServer:
             front_end = HttpFrontEnd(self.core, self.settings)
             address = f"{self.settings.host}:{self.settings.http_port}"
             self.http_port = self._checked(self._http.listen_http(address, tls, front_end.handle))
+            if hasattr(self._http, "add_bulk_http"):
+                self._http.add_bulk_http(front_end.take_bulk)
         await server.start()
         if self._http is not None and self._http is not server:
             await self._http.start()

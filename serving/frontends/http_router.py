@@ -60,7 +60,8 @@ class HttpFrontEnd:
         self._token = bearer(settings.token) if settings.token else None
         # Load/unload: the admin token when there is one (the core checks it), else the token.
         self._admin_by_core = bool(settings.admin_token)
-        self._routes = _routes(kserve_rest.KServeRest(core), tfserving_rest.TfServingRest(core))
+        self._kserve = kserve_rest.KServeRest(core)
+        self._routes = _routes(self._kserve, tfserving_rest.TfServingRest(core))
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         try:
@@ -79,6 +80,30 @@ class HttpFrontEnd:
             return response
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status (bugs are logged there)
             return error_response(exc)
+
+    def take_bulk(self, requests) -> list:
+        """The native transport's bulk path: KServe infer requests among `requests` (BulkHttp) are
+        decoded, validated and queued here and answered when their batch has run, with no
+        coroutine each; the others are returned, for `handle`. The same checks and errors."""
+        left = []
+        for taken in requests:
+            request = taken.request
+            if request.method != "POST":  # infer is POST; the rest (HEAD's rules too) is handle's
+                left.append(taken)
+                continue
+            try:
+                route, match = self._find(request.method, request.path.split("?", 1)[0])
+                if route.endpoint != self._kserve.infer:
+                    left.append(taken)
+                    continue
+                self._authorize(route.guard, request)
+                arguments = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
+                self._kserve.infer_bulk(taken, _with_plain_body(request, self.max_body), **arguments)
+            except _MethodNotAllowed:
+                left.append(taken)  # handle words it
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a status
+                taken.respond(error_response(exc))
+        return left
 
     def _find(self, method: str, path: str):
         allowed = []

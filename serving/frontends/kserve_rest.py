@@ -18,7 +18,7 @@ from mimo.serving.core.errors import InvalidArgument, Unavailable
 from mimo.serving.frontends import kserve_parameters
 from mimo.serving.frontends.kserve_grpc import model_config, statistics_message
 from mimo.serving.frontends.proto_json import message_json
-from mimo.serving.frontends.http_status import json_response
+from mimo.serving.frontends.http_status import error_response, json_response
 from mimo.serving.frontends.json_limit import MAX_TENSOR_ELEMENTS, check_json_size
 from mimo.serving.transports.base import HttpRequest, HttpResponse
 
@@ -66,24 +66,18 @@ class KServeRest:
     # -- inference ----------------------------------------------------------------------------
 
     async def infer(self, request: HttpRequest, model: str, version: str = "") -> HttpResponse:
-        header_length = _header_length(request)
-        check_json_size(len(request.body) if header_length is None else min(header_length, len(request.body)),
-                        "send large tensors as binary data (Inference-Header-Content-Length and each input's "
-                        "binary_data_size; tritonclient's set_data_from_numpy(..., binary_data=True))")
-        try:
-            decoded = rest_codec.decode_infer_request(request.body, header_length, MAX_TENSOR_ELEMENTS)
-        except CodecError as exc:
-            raise InvalidArgument(str(exc)) from None
-        parameters = decoded.parameters
-        result = await self.core.infer(model, version, decoded.inputs, decoded.outputs,
-                                       kserve_parameters.signature_name(parameters),
-                                       kserve_parameters.timeout(parameters, None))
-        body, header_length = rest_codec.encode_infer_response(result.model, result.version, decoded.id,
-                                                               result.outputs, decoded.wants_binary)
-        if header_length is None:
-            return HttpResponse(200, body, [("content-type", "application/json")])
-        return HttpResponse(200, body, [("content-type", "application/octet-stream"),
-                                        (HEADER_LENGTH, str(header_length))])
+        decoded = _decode(request)
+        result = await self.core.infer(*_core_arguments(decoded, model, version))
+        return _infer_response(result, decoded)
+
+    def infer_bulk(self, taken, request: HttpRequest, model: str, version: str = "") -> None:
+        """`infer` without a coroutine, for the transport's bulk path: `taken` (respond(),
+        on_cancel, over) is answered when the request's batch has run, or now with its error."""
+        decoded = _decode(request)
+        reply = _RestReply(taken, decoded)
+        answer = self.core.submit(*_core_arguments(decoded, model, version), reply)
+        if not answer.done():
+            taken.on_cancel = answer.cancel
 
     # -- repository ---------------------------------------------------------------------------
 
@@ -108,6 +102,55 @@ class KServeRest:
         _json_object(request)
         await self.core.unload(model, request.header("authorization"))
         return HttpResponse(200)
+
+
+def _decode(request: HttpRequest) -> rest_codec.RestInferRequest:
+    header_length = _header_length(request)
+    check_json_size(len(request.body) if header_length is None else min(header_length, len(request.body)),
+                    "send large tensors as binary data (Inference-Header-Content-Length and each input's "
+                    "binary_data_size; tritonclient's set_data_from_numpy(..., binary_data=True))")
+    try:
+        return rest_codec.decode_infer_request(request.body, header_length, MAX_TENSOR_ELEMENTS)
+    except CodecError as exc:
+        raise InvalidArgument(str(exc)) from None
+
+
+def _core_arguments(decoded, model: str, version: str) -> tuple:
+    """Core.infer's arguments for a decoded REST request."""
+    parameters = decoded.parameters
+    return (model, version, decoded.inputs, decoded.outputs, kserve_parameters.signature_name(parameters),
+            kserve_parameters.timeout(parameters, None))
+
+
+def _infer_response(result, decoded) -> HttpResponse:
+    body, header_length = rest_codec.encode_infer_response(result.model, result.version, decoded.id,
+                                                           result.outputs, decoded.wants_binary)
+    if header_length is None:
+        return HttpResponse(200, body, [("content-type", "application/json")])
+    return HttpResponse(200, body, [("content-type", "application/octet-stream"), (HEADER_LENGTH, str(header_length))])
+
+
+class _RestReply:
+    """The core's answer to one bulk REST infer request, encoded and sent as soon as it is known."""
+
+    __slots__ = ("taken", "decoded")
+
+    def __init__(self, taken, decoded):
+        self.taken = taken
+        self.decoded = decoded
+
+    def done(self) -> bool:
+        return self.taken.over
+
+    def set_result(self, result) -> None:
+        try:
+            response = _infer_response(result, self.decoded)
+        except Exception as exc:  # noqa: BLE001
+            response = error_response(exc)
+        self.taken.respond(response)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.taken.respond(error_response(exc))
 
 
 def _state(ok: bool, why: str) -> HttpResponse:

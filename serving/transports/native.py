@@ -185,6 +185,31 @@ class BulkCall:
                 self.on_cancel()
 
 
+class BulkHttp:
+    """One HTTP request on the bulk path: the request, and the way to answer it once."""
+
+    __slots__ = ("_server", "call", "request", "over", "on_cancel")
+
+    def __init__(self, server: "NativeServer", call: int, request: HttpRequest):
+        self._server = server
+        self.call = call
+        self.request = request
+        self.over = False  # answered, or the client went away
+        self.on_cancel = None  # the handler's: called if the client goes away before the answer
+
+    def respond(self, response: HttpResponse) -> None:
+        if not self.over:
+            self.over = True
+            self._server._bulk.pop(self.call, None)
+            self._server._transport.respond(self.call, response.status, response.headers, response.body)
+
+    def _gone(self) -> None:
+        if not self.over:
+            self.over = True
+            if self.on_cancel is not None:
+                self.on_cancel()
+
+
 class BulkStream:
     """One streaming call on the bulk path. The handler takes each request message as it arrives
     and reserves its answer's place (`slot`); answers leave in request order, whatever order they
@@ -330,7 +355,8 @@ class NativeServer:
         self._max_message_bytes = max_message_bytes
         self._registered: dict[str, grpc.RpcMethodHandler] = {}
         self._bulk_handlers: dict[str, object] = {}  # method -> handler(list[BulkCall])
-        self._bulk: dict[int, BulkCall] = {}  # calls on the bulk path not yet answered
+        self._bulk: dict[int, BulkCall | BulkHttp] = {}  # calls on the bulk path not yet answered
+        self._bulk_http = None  # handler(list[BulkHttp]) -> the requests it leaves to the HTTP handler
         self._bulk_stream_handlers: dict[str, object] = {}  # method -> handler(BulkStream, payloads)
         self._bulk_streams: dict[int, BulkStream] = {}  # streams on the bulk path not yet over
         # The bulk path runs only interceptors that check without a coroutine (see the module doc).
@@ -365,6 +391,11 @@ class NativeServer:
         `stream.slot()` in request order (or `stream.fail` ends the stream)."""
         if None not in self._checks:
             self._bulk_stream_handlers[method] = handler
+
+    def add_bulk_http(self, handler) -> None:
+        """Each wake-up's HTTP requests go to `handler(requests)` first (BulkHttp, to be answered
+        once with `respond`); those it returns go to the HTTP handler as usual, one task each."""
+        self._bulk_http = handler
 
     def listen(self, address: str, tls: TlsMaterial | None) -> int:
         """gRPC on `address`; register every service first (unary methods are told apart here)."""
@@ -433,7 +464,15 @@ class NativeServer:
     def _on_events(self) -> None:
         transport = self._transport
         bulk_handlers, bulk, streams, messages = self._bulk_handlers, None, self._bulk_streams, None
+        http = None
         for event in transport.drain():
+            if event[0] == native.HTTP and self._bulk_http is not None:
+                kind, call, method, payload, metadata, _, peer = event
+                request = HttpRequest(method, metadata[0][1], metadata[1:], payload, peer)
+                self._bulk[call] = taken = BulkHttp(self, call, request)
+                http = http or []
+                http.append(taken)
+                continue
             if event[0] == native.UNARY and event[2] in bulk_handlers:
                 kind, call, method, payload, metadata, timeout, _ = event
                 self._bulk[call] = taken = BulkCall(self, call, payload, metadata, timeout)
@@ -469,6 +508,20 @@ class NativeServer:
         if messages:
             for stream, payloads in messages.items():
                 self._run_bulk_stream(stream, payloads)
+        if http:
+            self._run_bulk_http(http)
+
+    def _run_bulk_http(self, requests: list[BulkHttp]) -> None:
+        try:
+            left = self._bulk_http(requests)
+        except Exception:  # noqa: BLE001 - a handler bug must still answer every request
+            log.exception("unexpected error in the HTTP bulk handler")
+            for taken in requests:
+                taken.respond(_internal_error())
+            return
+        for taken in left:  # the task path: the HTTP handler, awaited
+            self._bulk.pop(taken.call, None)
+            self._tasks[taken.call] = self._loop.create_task(self._http(taken.call, taken.request))
 
     def _open_bulk_stream(self, call: int, method: str, metadata: tuple) -> None:
         try:
@@ -524,7 +577,8 @@ class NativeServer:
         if kind == native.UNARY:
             self._tasks[call] = self._loop.create_task(self._unary(call, method, payload, metadata, timeout, peer))
         elif kind == native.HTTP:
-            self._tasks[call] = self._loop.create_task(self._http(call, method, payload, metadata, peer))
+            request = HttpRequest(method, metadata[0][1], metadata[1:], payload, peer)
+            self._tasks[call] = self._loop.create_task(self._http(call, request))
         elif kind == native.MESSAGE:
             stream = self._streams.get(call)
             if stream is not None:
@@ -625,16 +679,16 @@ class NativeServer:
             self._writable.pop(call, None)
             self._tasks.pop(call, None)
 
-    async def _http(self, call: int, method: str, body: bytes, metadata: tuple, peer: str) -> None:
-        """One HTTP request: metadata is (":path", target) then the headers, lower-cased."""
+    async def _http(self, call: int, request: HttpRequest) -> None:
+        """One HTTP request (from an event whose metadata is (":path", target), then the headers,
+        lower-cased)."""
         try:
-            request = HttpRequest(method, metadata[0][1], metadata[1:], body, peer)
             response = await self._http_handler(request)
         except asyncio.CancelledError:  # the client went away, or the server is stopping
             response = HttpResponse(503, b'{"error": "the server is shutting down"}')
         except Exception:  # noqa: BLE001 - the handler answers its own errors; this is a bug
-            log.exception("unexpected error answering HTTP %s", method)
-            response = HttpResponse(500, b'{"error": "internal error"}', [("content-type", "application/json")])
+            log.exception("unexpected error answering HTTP %s", request.method)
+            response = _internal_error()
         finally:
             self._tasks.pop(call, None)
         self._transport.respond(call, response.status, response.headers, response.body)
@@ -660,6 +714,11 @@ class NativeServer:
         self._transport.finish(call, _code(code), details)
         if not isinstance(exc, Exception) and not isinstance(exc, asyncio.CancelledError):
             raise exc  # KeyboardInterrupt, SystemExit
+
+
+def _internal_error() -> HttpResponse:
+    """The answer to an HTTP request whose handler failed unexpectedly (a bug; it is logged)."""
+    return HttpResponse(500, b'{"error": "internal error"}', [("content-type", "application/json")])
 
 
 def _parse(deserialize, payload: bytes, what: str = "the request message"):

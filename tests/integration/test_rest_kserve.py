@@ -26,7 +26,7 @@ from client_support import make_pki
 from helpers import MODELS, run_onnx, sample_inputs, start_server
 from mimo.protos.dtypes import numpy_to_datatype
 from rest_support import (MLP_X, assert_close, assert_mlp_serves, call, grpc_error, grpc_request,
-                          linked_repository, v2_body)
+                          linked_repository, v2_body, v2_outputs)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -180,6 +180,41 @@ def test_aio_concurrent_calls_to_every_model(exported_repo, grpc_client, server)
         assert result.get_response()["model_name"] == model
         assert_close(outputs_of(result), wants[model])
     assert [o["name"] for o in metadata["outputs"]] == list(POSTS_HEADS)
+
+
+def test_a_burst_of_good_and_bad_infer_calls_each_get_their_own_answer(exported_repo, grpc_client, server):
+    """On the native transport infer takes the bulk path (no task per request): concurrent good
+    calls, calls that fail (unknown model, wrong input, bad JSON) and other endpoints mixed in one
+    burst each get their own status and answer, and nothing is left behind."""
+    http = server.server._http
+    if type(http).__name__ == "NativeServer":
+        assert http._bulk_http is not None
+    mlp = inputs_for(exported_repo, "mlp")
+    want = grpc_answer(grpc_client, exported_repo, "mlp")
+    good = ("POST", "/v2/models/mlp/infer", v2_body(mlp, id="ok"))
+    cases = [good, ("POST", "/v2/models/nope/infer", v2_body(mlp)),
+             ("POST", "/v2/models/mlp/infer", v2_body({"wrong": mlp["x"]})),
+             ("POST", "/v2/models/mlp/infer", b"{not json"), ("GET", "/v2/models/mlp", None), good] * 4
+
+    async def main():
+        async def one(method, path, body):
+            return await asyncio.to_thread(call, server.http_address, method, path, body)
+
+        return await asyncio.gather(*(one(*case) for case in cases))
+
+    replies = asyncio.run(main())
+    assert [r.status for r in replies] == [200, 404, 400, 400, 200, 200] * 4
+    for reply, (_, path, body) in zip(replies, cases):
+        document = json.loads(reply.body)
+        if reply.status != 200:
+            assert document["error"], document
+        elif path.endswith("/infer"):
+            assert document["id"] == "ok" and document["model_name"] == "mlp"
+            assert_close(v2_outputs(document), want)
+    assert "unknown model 'nope'" in json.loads(replies[1].body)["error"]
+    assert "wrong" in json.loads(replies[2].body)["error"]
+    if type(http).__name__ == "NativeServer":
+        assert not http._bulk
 
 
 def test_requested_outputs_subset_in_the_order_asked(exported_repo, server, client, grpc_client):
