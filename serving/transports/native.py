@@ -146,32 +146,20 @@ class NativeContext:
         pass
 
 
-class BulkCall:
-    """One unary call on the bulk path: its request bytes, and the way to answer it once."""
+class _BulkItem:
+    """A call on the bulk path, answered once: by its handler, or not at all if the client goes
+    away first (then `on_cancel`, the handler's, hears of it)."""
 
-    __slots__ = ("_server", "call", "payload", "metadata", "_deadline", "over", "on_cancel")
+    __slots__ = ("_server", "call", "over", "on_cancel")
 
-    def __init__(self, server: "NativeServer", call: int, payload: bytes, metadata: tuple, timeout: float):
+    def __init__(self, server: "NativeServer", call: int):
         self._server = server
         self.call = call
-        self.payload = payload
-        self.metadata = metadata
-        self._deadline = _deadline(timeout)
         self.over = False  # answered, or the client went away
-        self.on_cancel = None  # the handler's: called if the client goes away before the answer
-
-    def time_remaining(self) -> float | None:
-        return _remaining(self._deadline)
-
-    def reply(self, payload: bytes) -> None:
-        if self._end():
-            self._server._transport.reply(self.call, payload)
-
-    def fail(self, code: grpc.StatusCode, details: str) -> None:
-        if self._end():
-            self._server._transport.finish(self.call, _code(code), details)
+        self.on_cancel = None
 
     def _end(self) -> bool:
+        """True once: the first answer goes out, any later one is dropped."""
         if self.over:
             return False
         self.over = True
@@ -185,29 +173,41 @@ class BulkCall:
                 self.on_cancel()
 
 
-class BulkHttp:
+class BulkCall(_BulkItem):
+    """One unary call on the bulk path: its request bytes, and the way to answer it once."""
+
+    __slots__ = ("payload", "metadata", "_deadline")
+
+    def __init__(self, server: "NativeServer", call: int, payload: bytes, metadata: tuple, timeout: float):
+        super().__init__(server, call)
+        self.payload = payload
+        self.metadata = metadata
+        self._deadline = _deadline(timeout)
+
+    def time_remaining(self) -> float | None:
+        return _remaining(self._deadline)
+
+    def reply(self, payload: bytes) -> None:
+        if self._end():
+            self._server._transport.reply(self.call, payload)
+
+    def fail(self, code: grpc.StatusCode, details: str) -> None:
+        if self._end():
+            self._server._transport.finish(self.call, _code(code), details)
+
+
+class BulkHttp(_BulkItem):
     """One HTTP request on the bulk path: the request, and the way to answer it once."""
 
-    __slots__ = ("_server", "call", "request", "over", "on_cancel")
+    __slots__ = ("request",)
 
     def __init__(self, server: "NativeServer", call: int, request: HttpRequest):
-        self._server = server
-        self.call = call
+        super().__init__(server, call)
         self.request = request
-        self.over = False  # answered, or the client went away
-        self.on_cancel = None  # the handler's: called if the client goes away before the answer
 
     def respond(self, response: HttpResponse) -> None:
-        if not self.over:
-            self.over = True
-            self._server._bulk.pop(self.call, None)
+        if self._end():
             self._server._transport.respond(self.call, response.status, response.headers, response.body)
-
-    def _gone(self) -> None:
-        if not self.over:
-            self.over = True
-            if self.on_cancel is not None:
-                self.on_cancel()
 
 
 class BulkStream:
