@@ -151,7 +151,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 reply.set_exception(exc)
                 continue
             if not answer.done():
-                reply.slot.on_cancel = answer.cancel
+                reply.target.on_cancel = answer.cancel
 
     # -- statistics and repository ------------------------------------------------------------
 
@@ -215,53 +215,51 @@ def _response_bytes(result, request, raw) -> bytes:
 
 
 class _BulkReply:
-    """The core's answer to one bulk ModelInfer call, encoded and sent as soon as it is known."""
+    """The core's answer to one bulk ModelInfer call (`target`: a BulkCall), encoded and sent as
+    soon as it is known; an error is the call's status."""
 
-    __slots__ = ("call", "request", "raw")
+    __slots__ = ("target", "request", "raw")
 
-    def __init__(self, call, request, raw):
-        self.call = call
+    def __init__(self, target, request, raw):
+        self.target = target
         self.request = request
         self.raw = raw
 
     def done(self) -> bool:
-        return self.call.over
+        return self.target.over
 
     def set_result(self, result) -> None:
         try:
-            payload = _response_bytes(result, self.request, self.raw)
+            payload = self._encode(_response_bytes(result, self.request, self.raw))
         except Exception as exc:  # noqa: BLE001
             self.set_exception(exc)
         else:
-            self.call.reply(payload)
+            self._send(payload)
+
+    def _encode(self, response: bytes) -> bytes:
+        return response
+
+    def _send(self, payload: bytes) -> None:
+        self.target.reply(payload)
 
     def set_exception(self, exc: BaseException) -> None:
-        self.call.fail(*grpc_status(exc))
+        self.target.fail(*grpc_status(exc))
 
 
-class _StreamReply:
-    """The core's answer to one request of a bulk stream, encoded into its place in the order."""
+class _StreamReply(_BulkReply):
+    """The same for one request of a bulk stream (`target`: its StreamSlot): the answer goes into
+    its place in the stream's order, and an error is that answer's error_message."""
 
-    __slots__ = ("slot", "request", "raw")
+    __slots__ = ()
 
-    def __init__(self, slot, request, raw):
-        self.slot = slot
-        self.request = request
-        self.raw = raw
+    def _encode(self, response: bytes) -> bytes:
+        return codec.stream_response_bytes(response)
 
-    def done(self) -> bool:
-        return self.slot.over
-
-    def set_result(self, result) -> None:
-        try:
-            payload = codec.stream_response_bytes(_response_bytes(result, self.request, self.raw))
-        except Exception as exc:  # noqa: BLE001
-            self.set_exception(exc)
-        else:
-            self.slot.send(payload)
+    def _send(self, payload: bytes) -> None:
+        self.target.send(payload)
 
     def set_exception(self, exc: BaseException) -> None:
-        self.slot.send(_stream_error(exc, self.request).SerializeToString())
+        self.target.send(_stream_error(exc, self.request).SerializeToString())
 
 
 def _stream_error(exc: BaseException, request) -> pb.ModelStreamInferResponse:
