@@ -67,9 +67,8 @@ class HttpFrontEnd:
         try:
             path = request.path.split("?", 1)[0]
             route, match = self._find("GET" if request.method == "HEAD" else request.method, path)
-            self._authorize(route.guard, request)
-            arguments = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
-            response = await route.endpoint(_with_plain_body(request, self.max_body), **arguments)
+            plain, arguments = self._admit(route, match, request)
+            response = await route.endpoint(plain, **arguments)
             if request.method == "HEAD":  # GET's status and headers (RFC 9110 9.3.2)
                 response.body = b""
             return response
@@ -96,14 +95,20 @@ class HttpFrontEnd:
                 if route.endpoint != self._kserve.infer:
                     left.append(taken)
                     continue
-                self._authorize(route.guard, request)
-                arguments = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
-                self._kserve.infer_bulk(taken, _with_plain_body(request, self.max_body), **arguments)
+                plain, arguments = self._admit(route, match, request)
+                self._kserve.infer_bulk(taken, plain, **arguments)
             except _MethodNotAllowed:
                 left.append(taken)  # handle words it
             except Exception as exc:  # noqa: BLE001 - every failure becomes a status
                 taken.respond(error_response(exc))
         return left
+
+    def _admit(self, route: _Route, match: re.Match, request: HttpRequest) -> tuple[HttpRequest, dict]:
+        """A routed request past the token check: with its body decompressed, and the path's
+        arguments for the endpoint."""
+        self._authorize(route.guard, request)
+        arguments = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
+        return _with_plain_body(request, self.max_body), arguments
 
     def _find(self, method: str, path: str):
         allowed = []

@@ -468,8 +468,7 @@ class NativeServer:
         for event in transport.drain():
             if event[0] == native.HTTP and self._bulk_http is not None:
                 kind, call, method, payload, metadata, _, peer = event
-                request = HttpRequest(method, metadata[0][1], metadata[1:], payload, peer)
-                self._bulk[call] = taken = BulkHttp(self, call, request)
+                self._bulk[call] = taken = BulkHttp(self, call, _http_request(method, payload, metadata, peer))
                 http = http or []
                 http.append(taken)
                 continue
@@ -486,8 +485,10 @@ class NativeServer:
                         messages = messages or {}
                         messages.setdefault(stream, []).append(event[3])
                     continue
-                if messages and stream in messages:  # its messages so far go before what ends it
-                    self._run_bulk_stream(stream, messages.pop(stream))
+                if messages and stream in messages:
+                    taken = messages.pop(stream)
+                    if event[0] != native.GONE:  # its messages so far go before what ends it
+                        self._run_bulk_stream(stream, taken)
                 self._stream_event(stream, event[0])
                 continue
             if event[0] == native.OPEN and event[2] in self._bulk_stream_handlers:
@@ -577,8 +578,7 @@ class NativeServer:
         if kind == native.UNARY:
             self._tasks[call] = self._loop.create_task(self._unary(call, method, payload, metadata, timeout, peer))
         elif kind == native.HTTP:
-            request = HttpRequest(method, metadata[0][1], metadata[1:], payload, peer)
-            self._tasks[call] = self._loop.create_task(self._http(call, request))
+            self._tasks[call] = self._loop.create_task(self._http(call, _http_request(method, payload, metadata, peer)))
         elif kind == native.MESSAGE:
             stream = self._streams.get(call)
             if stream is not None:
@@ -680,8 +680,7 @@ class NativeServer:
             self._tasks.pop(call, None)
 
     async def _http(self, call: int, request: HttpRequest) -> None:
-        """One HTTP request (from an event whose metadata is (":path", target), then the headers,
-        lower-cased)."""
+        """One HTTP request, through the HTTP handler."""
         try:
             response = await self._http_handler(request)
         except asyncio.CancelledError:  # the client went away, or the server is stopping
@@ -714,6 +713,11 @@ class NativeServer:
         self._transport.finish(call, _code(code), details)
         if not isinstance(exc, Exception) and not isinstance(exc, asyncio.CancelledError):
             raise exc  # KeyboardInterrupt, SystemExit
+
+
+def _http_request(method: str, body: bytes, metadata: tuple, peer: str) -> HttpRequest:
+    """An HTTP event's request: its metadata is (":path", target), then the headers, lower-cased."""
+    return HttpRequest(method, metadata[0][1], metadata[1:], body, peer)
 
 
 def _internal_error() -> HttpResponse:
