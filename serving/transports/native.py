@@ -164,13 +164,17 @@ class _BulkItem:
             return False
         self.over = True
         self._server._bulk.pop(self.call, None)
+        # on_cancel is bound to the handler's answer, which holds this call: let go of it so the
+        # call's objects (its request bytes among them) are freed now, not by a later gc pass.
+        self.on_cancel = None
         return True
 
     def _gone(self) -> None:
         if not self.over:
             self.over = True
-            if self.on_cancel is not None:
-                self.on_cancel()
+            cancel, self.on_cancel = self.on_cancel, None
+            if cancel is not None:
+                cancel()
 
 
 class BulkCall(_BulkItem):
@@ -297,6 +301,7 @@ class StreamSlot:
     def send(self, payload: bytes) -> None:
         if self.payload is None:
             self.payload = payload
+            self.on_cancel = None  # as _BulkItem._end: no cycle through the handler's answer
             self._stream._flush()
 
 
