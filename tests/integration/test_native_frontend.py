@@ -453,6 +453,8 @@ def test_a_calls_objects_are_freed_when_it_is_answered_not_left_to_the_cycle_col
             assert [bool(r.error_message) for r in replies] == [False, False, True]
             reply = http_call(native.http_address, "POST", "/v2/models/mlp/infer", body)
             assert reply.status == 200, reply.body[:200]
+            together = [stub.ModelInfer.future(request, timeout=30) for request in [small, large] * 4]
+            assert [f.result().model_name for f in together] == ["mlp", "qa"] * 4  # queued, batched
         _settled(native)
 
     # A cycle per call leaves about `rounds` of a type (the last round's may still be in the making);
