@@ -87,8 +87,9 @@ struct Transport {
     stop: watch::Sender<bool>,
     tls: Option<Tls>,
     address: String,
-    /// Unary request messages from this size on reach Python as a Payload (a view), smaller ones
-    /// as bytes (cheaper to make than an object with a buffer, for a few hundred bytes).
+    /// Request messages (unary, or of a stream) from this size on reach Python as a Payload (a
+    /// view), smaller ones as bytes (cheaper to make than an object with a buffer, for a few
+    /// hundred bytes).
     view_min_bytes: usize,
 }
 
@@ -205,13 +206,15 @@ impl Transport {
     }
 
     /// Queued events: (kind, call, method, payload, metadata, timeout, peer) tuples; payload is
-    /// bytes, a Payload (a unary request of view_min_bytes or more), or None.
+    /// bytes, a Payload (a request message of view_min_bytes or more), or None.
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let events = self.shared.calls.events.drain();
         let list = PyList::empty(py);
         for event in events {
             let payload: Bound<'py, PyAny> = match event.payload {
-                Some(bytes) if event.kind == Kind::Unary && bytes.len() >= self.view_min_bytes => {
+                Some(bytes)
+                    if matches!(event.kind, Kind::Unary | Kind::Message) && bytes.len() >= self.view_min_bytes =>
+                {
                     Bound::new(py, Payload { bytes })?.into_any()
                 }
                 Some(bytes) => PyBytes::new(py, &bytes).into_any(),

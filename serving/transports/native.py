@@ -50,6 +50,8 @@ STREAM_WINDOW = 128  # request messages a stream may have read ahead of its hand
 # The transport's own threads (tokio workers): HTTP/2 for tens of thousands of calls a second
 # each; more only add hand-offs on a busy core. MIMO_TRANSPORT_THREADS overrides.
 TRANSPORT_THREADS = int(os.environ.get("MIMO_TRANSPORT_THREADS", "2"))
+# The events that carry a request message (a Payload when large, see ZERO_COPY_MIN_BYTES).
+_REQUESTS = (native.UNARY, native.MESSAGE) if native is not None else ()
 HOW_TO_BUILD = "reinstall with a Rust toolchain on PATH (pip install ., or make install)"
 
 
@@ -499,8 +501,8 @@ class NativeServer:
             if event[0] == native.OPEN and event[2] in self._bulk_stream_handlers:
                 self._open_bulk_stream(event[1], event[2], event[4])
                 continue
-            if event[0] == native.UNARY and type(event[3]) is not bytes:
-                # A large request as a view of the transport's buffer: only the bulk path reads it
+            if event[0] in _REQUESTS and type(event[3]) is not bytes:
+                # A large request as a view of the transport's buffer: only the bulk paths read it
                 # in place; every other handler gets bytes (the copy the transport used to make).
                 event = (*event[:3], bytes(event[3]), *event[4:])
             try:

@@ -230,6 +230,18 @@ def test_health_watch_streams_on_the_native_transport(native):
     watch.cancel()
 
 
+def test_a_large_message_to_a_handler_off_the_bulk_path_arrives_as_bytes(native):
+    """Messages of 64 KiB and more reach the bulk paths as views of the transport's buffer; any
+    other handler (here health's Watch, a stream opened by one request) gets the bytes it expects."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    service = "m" * codec.ZERO_COPY_MIN_BYTES
+    watch = health_pb2_grpc.HealthStub(grpc.insecure_channel(native.address)).Watch(
+        health_pb2.HealthCheckRequest(service=service), timeout=10)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+    watch.cancel()
+
+
 def test_native_frontend_not_built_is_a_clear_error(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(native_server, "native", None)
     monkeypatch.setattr(native_server, "IMPORT_ERROR", "No module named 'mimo.serving._transport'")
@@ -404,6 +416,16 @@ def test_a_large_request_reaches_the_model_as_views_of_the_transports_buffer(exp
         np.testing.assert_allclose(answer[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
     assert len(owners) == 2 and {type(owner).__name__ for owner in owners} == {"Payload"}
     assert owners[0] is owners[1]  # both inputs in the one message buffer
+    # A stream's messages the same way (each its own buffer), answered as the unary call was.
+    owners.clear()
+    streamed = list(_stub(native.address).ModelStreamInfer(iter([request, request]), timeout=30))
+    assert [r.error_message for r in streamed] == ["", ""]
+    for reply in streamed:
+        got = codec.decode_infer_response(reply.infer_response)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert len(owners) == 4 and {type(owner).__name__ for owner in owners} == {"Payload"}
+    assert owners[0] is owners[1] and owners[2] is owners[3] and owners[0] is not owners[2]
     # The same size over the other unary handlers (here TF Serving's Predict), which read bytes.
     from mimo.protos import tf_serving_pb2_grpc as tfs_grpc
 
