@@ -254,8 +254,14 @@ def parse_infer_request(payload: bytes) -> InferRequest:
         if split is not None:
             rest, raw = split
             return InferRequest(_v2.ModelInferRequest.FromString(rest), raw)
-    message = _v2.ModelInferRequest.FromString(payload)
+    message = _v2.ModelInferRequest.FromString(_as_bytes(payload))
     return InferRequest(message, message.raw_input_contents)
+
+
+def _as_bytes(payload) -> bytes:
+    """protobuf's parser takes bytes only; a transport's buffer (a large request that did not
+    split, so protobuf can word its error) becomes bytes here."""
+    return payload if type(payload) is bytes else bytes(payload)
 
 
 parse_infer_request.message_class = _v2.ModelInferRequest  # for checks made before parsing
@@ -452,7 +458,7 @@ def parse_predict_request(payload: bytes) -> PredictRequest:
         if split is not None:
             rest, contents = split
             return PredictRequest(_tfs.PredictRequest.FromString(rest), contents)
-    return PredictRequest(_tfs.PredictRequest.FromString(payload), {})
+    return PredictRequest(_tfs.PredictRequest.FromString(_as_bytes(payload)), {})
 
 
 parse_predict_request.message_class = _tfs.PredictRequest  # for checks made before parsing

@@ -113,12 +113,19 @@ def test_errors_equal_grpc_aio(native, python, call):
 # -- what only a transport can get wrong -----------------------------------------------------------
 
 
-def test_garbage_bytes_are_invalid_argument_and_the_server_goes_on(exported_repo, native):
+@pytest.mark.parametrize("size", [32, codec.ZERO_COPY_MIN_BYTES + 1000])  # bytes, and a Payload
+def test_garbage_bytes_are_invalid_argument_and_the_server_goes_on(exported_repo, native, size):
     channel = grpc.insecure_channel(native.address)
     raw = channel.unary_unary(MODEL_INFER)  # no serializers: bytes in, bytes out
-    code, details = _status(lambda: raw(b"\xff\xff\xff\xff not a protobuf", timeout=10))
+    garbage = b"\xff" * size  # no protobuf: a varint that never ends
+    code, details = _status(lambda: raw(garbage, timeout=10))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "could not parse the request message" in details
+    assert details.startswith("could not parse the request message: ") and "Payload" not in details, details
+    # The same in a stream: the stream ends with the parser's words.
+    streamed = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+    code, details = _status(lambda: list(streamed(iter([garbage]), timeout=10)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("could not parse a request message: ") and "Payload" not in details, details
     arrays = sample_inputs(exported_repo, "mlp", 1)
     reply = _stub(native.address).ModelInfer(codec.encode_infer_request("mlp", arrays), timeout=10)
     assert reply.model_name == "mlp"

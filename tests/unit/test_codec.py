@@ -329,3 +329,16 @@ def test_shape_whose_element_count_overflows_is_a_codec_error(dims):
     request.raw_input_contents.append(b"")
     with pytest.raises(CodecError, match="input 'x'.*overflows"):
         decode_infer_request(request)
+
+
+@pytest.mark.parametrize("parse", [codec.parse_infer_request, codec.parse_predict_request])
+def test_large_bad_bytes_in_a_buffer_get_the_parsers_words_not_a_type_error(parse):
+    """The native transport hands large messages over as a buffer (not bytes); one too broken to
+    split goes to protobuf's parser, which must say what is wrong with the bytes."""
+    from google.protobuf.message import DecodeError
+
+    # Any object with the buffer protocol, as the transport's Payload (protobuf takes only bytes,
+    # bytearray and memoryview).
+    garbage = np.frombuffer(b"\xff" * (codec.ZERO_COPY_MIN_BYTES + 10), np.uint8)
+    with pytest.raises(DecodeError, match="Error parsing message"):
+        parse(garbage)
