@@ -259,8 +259,8 @@ def parse_infer_request(payload: bytes) -> InferRequest:
 
 
 def _as_bytes(payload) -> bytes:
-    """protobuf's parser takes bytes only; a transport's buffer (a large request that did not
-    split, so protobuf can word its error) becomes bytes here."""
+    """protobuf's parser takes bytes, bytearray and memoryview, not any buffer: the transport's
+    (a large request that did not split, so that protobuf words its error) becomes bytes here."""
     return payload if type(payload) is bytes else bytes(payload)
 
 
