@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(not native_server.available(), reason=f"native t
                                 f"{native_server.IMPORT_ERROR} (make native)")
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,7 @@ def test_garbage_bytes_are_invalid_argument_and_the_server_goes_on(exported_repo
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.startswith("could not parse the request message: ") and "Payload" not in details, details
     # The same in a stream: the stream ends with the parser's words.
-    streamed = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+    streamed = channel.stream_stream(MODEL_STREAM_INFER)
     code, details = _status(lambda: list(streamed(iter([garbage]), timeout=10)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.startswith("could not parse a request message: ") and "Payload" not in details, details
@@ -194,7 +195,7 @@ def test_a_long_stream_past_the_read_window_answers_every_request_in_order(expor
 
 def test_a_bad_message_in_a_stream_fails_that_stream_only(exported_repo, native):
     channel = grpc.insecure_channel(native.address)
-    raw_stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+    raw_stream = channel.stream_stream(MODEL_STREAM_INFER)
     code, details = _status(lambda: list(raw_stream(iter([b"\xff\xff\xff\xff"]), timeout=10)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "could not parse a request message" in details
     arrays = sample_inputs(exported_repo, "mlp", 1)
@@ -287,7 +288,7 @@ def test_stop_ends_a_stream_that_never_closes_after_the_grace_period(exported_re
 
 def test_model_infer_takes_the_bulk_path(native):
     assert MODEL_INFER in native.server._server._bulk_handlers
-    assert "/inference.GRPCInferenceService/ModelStreamInfer" in native.server._server._bulk_stream_handlers
+    assert MODEL_STREAM_INFER in native.server._server._bulk_stream_handlers
 
 
 def test_a_stream_of_good_and_bad_requests_answers_each_in_order_as_grpc_aio(exported_repo, native, python):
