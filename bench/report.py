@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def markdown(document: dict) -> str:
         "tenants disturb much less than throughput.",
         "",
     ]
+    lines += _head_to_head(rows)
     lines += _goals(rows)
     lines += _floor_ort(document.get("floor_ort") or {})
     lines += _http(rows)
@@ -146,6 +148,35 @@ def _goals(rows: Rows) -> list[str]:
         on_off = f"{on['p50_ms'] / off['p50_ms']:.3f}" if on and off else "-"
         out.append(f"| {model} | {_fmt(floor and floor['p50_ms'], 3)} | {_fmt(on and on['p50_ms'], 3)} | {ratio_floor} | "
                    f"{_fmt(off and off['p50_ms'], 3)} | {on_off} | {_fmt(aio and aio['p50_ms'], 3)} |")
+    return out + [""]
+
+
+def _head_to_head(rows: Rows) -> list[str]:
+    """run_head_to_head's rounds: mimo and Triton on core 0 at once, c=32, measured in turns."""
+    turns = [r for r in rows.rows if "round" in r]
+    if not turns:
+        return []
+    rounds = sorted({r["round"] for r in turns})
+    by = {(r["server"], r["mode"], r["data"], r["round"]): r for r in turns if r["infer_s"]}
+    out = ["## Head to head with Triton (c=32, both on core 0 at once, measured in turns)", "",
+           "infer/s mimo / Triton (python backend + ONNX Runtime, dynamic batching) per round; streaming is",
+           "mimo's ModelStreamInfer against Triton's unary ModelInfer. Server CPU per request in brackets.", "",
+           "| model | mimo | " + " | ".join(f"round {n + 1}" for n in rounds) + " | median ratio |",
+           "|---|---|" + "---|" * len(rounds) + "---:|"]
+    for model in dict.fromkeys(r["data"] for r in turns):
+        for mode in ("unary", "streaming"):
+            cells, ratios = [], []
+            for n in rounds:
+                mine, theirs = by.get(("h2h mimo", mode, model, n)), by.get(("h2h triton", "unary", model, n))
+                if not (mine and theirs):
+                    cells.append("-")
+                    continue
+                ratios.append(mine["infer_s"] / theirs["infer_s"])
+                cpu = (f" ({_fmt(mine['cpu_us'])} / {_fmt(theirs['cpu_us'])} us)"
+                       if mine.get("cpu_us") and theirs.get("cpu_us") else "")
+                cells.append(f"{_fmt(mine['infer_s'])} / {_fmt(theirs['infer_s'])} ({ratios[-1]:.2f}x){cpu}")
+            if ratios:
+                out.append(f"| {model} | {mode} | " + " | ".join(cells) + f" | {statistics.median(ratios):.2f}x |")
     return out + [""]
 
 

@@ -16,6 +16,8 @@ core 0, the load generator (Triton's perf_analyzer, gRPC, batch 1, closed loop) 
   padding      qa under a mixed-length load (bench/mixed_load.py: a random shape per request): the
                standard export grouped by shape, against a masked export (bench/masked.py) with
                padding declared, and the masked export grouped
+  head to head (--peers) mimo and Triton (python backend, bench/triton_peer.py) on core 0 at once, c=32
+               measured in turns, 3 rounds: the ratios to Triton, robust to a shared machine
   peers        (--peers) ../shared/peers/run_all.sh: Triton python backend, PyTriton, MLServer
                (three modes) and the naive grpc.aio+ORT server, serving the same exported ONNX files;
                then Triton's and MLServer's REST front ends under perf_analyzer -i http
@@ -51,6 +53,7 @@ PYTHON = sys.executable
 MIMO = [PYTHON, "-m", "mimo.cli"]
 SERVER_CORE, CLIENT_CORE = "0", "1"
 MIMO_PORT, MIMO_HTTP_PORT, FLOOR_PORT = 8501, 8502, 8301
+TRITON_PORT = 8411  # the head-to-head Triton (bench/triton_peer.py; its HTTP one below)
 # The peers' REST ports: Triton and MLServer listen for HTTP one port below their gRPC port.
 HTTP_PEERS = {"triton-pyb": ("triton_pybackend/serve_triton_pybackend.sh", [], 8401),
               "mls-batch": ("mlserver/serve_mlserver.sh", ["batch"], 8211),
@@ -385,6 +388,46 @@ def run_idle_latency(bench: Bench, repo: Path, rounds: int = 3) -> None:
             stop(server)
 
 
+def run_head_to_head(bench: Bench, repo: Path, models, rounds: int) -> None:
+    """mimo (defaults) and Triton (python backend + ONNX Runtime, bench/triton_peer.py over the same
+    exported files) on core 0 at once, c=32 measured in turns: each round measures every model on
+    both, in alternating order. The peers' own run comes minutes after mimo's, and on a shared
+    machine the throughput of one server drifts between such runs by more than the ratios to be
+    read (25% in a minute has been seen); in turns, a slow spell falls on both servers' figures.
+    Rows are kept per round (`round`), server "h2h mimo" / "h2h triton"."""
+    if not (bench.args.peers_root / "venv-triton" / "bin" / "python").exists():
+        print(f"== head to head skipped: no Triton in {bench.args.peers_root} (bash {bench.args.peers_dir}/setup.sh)",
+              flush=True)
+        return
+    for port in (MIMO_PORT, TRITON_PORT, TRITON_PORT - 1):
+        if port_taken(port):
+            raise RuntimeError(f"port {port} is taken")
+    mimo_command = MIMO + ["serve", "--model-repository", str(repo), "--port", str(MIMO_PORT), "--metrics-port", "0",
+                           "--http-port", "0", "--log-level", "WARNING"]
+    triton_command = [PYTHON, str(HERE / "triton_peer.py"), "--repository", str(repo), "--models", *models,
+                      "--port", str(TRITON_PORT), "--root", str(bench.args.peers_root), "--peers", str(bench.args.peers_dir)]
+    print(f"== head to head with Triton, in turns ({rounds} rounds, c=32): {' '.join(models)}", flush=True)
+    servers = {}
+    try:
+        servers["mimo"] = (start(mimo_command, bench.out / "h2h-mimo.server.log"), MIMO_PORT, ("unary", "streaming"))
+        servers["triton"] = (start(triton_command, bench.out / "h2h-triton.server.log"), TRITON_PORT, ("unary",))
+        for server, port, _ in servers.values():
+            wait_ready(port, list(models), server)
+        for turn in range(rounds):
+            order = ["mimo", "triton"] if turn % 2 == 0 else ["triton", "mimo"]
+            for model in models:
+                for name in order:
+                    server, port, modes = servers[name]
+                    for mode in modes:
+                        row = bench.perf(f"h2h {name}", mode, model, 32, port, server.pid, keep=False,
+                                         tag_suffix=f".round{turn}")
+                        bench.rows.append({**row, "round": turn})
+        bench.save()
+    finally:
+        for server, _, _ in servers.values():
+            stop(server)
+
+
 def run_floor_ort(bench: Bench, repo: Path) -> dict:
     print("== floor (i): ONNX Runtime in-process (core 0)", flush=True)
     out = bench.out / "floor_ort.json"
@@ -641,8 +684,9 @@ def main() -> int:
     ap.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     ap.add_argument("--skip", nargs="*", default=[],
                     choices=["floor-ort", "floor", "idle", "grpc-aio", "nobatch", "asyncio", "workers", "padding",
-                             "peers-http", "rest-json"],
+                             "peers-http", "rest-json", "head-to-head"],
                     help="leave steps out")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the head-to-head with Triton (--peers)")
     ap.add_argument("--perf-analyzer", type=Path, default=PROJECT / ".venv-pa" / "bin" / "perf_analyzer")
     ap.add_argument("--peers-dir", type=Path, default=Path(os.environ.get("PEERS_DIR", PROJECT.parent / "shared" / "peers")))
     ap.add_argument("--peers-root", type=Path, default=Path(os.environ.get("PEERS_ROOT", "/tmp/mimo-peers")),
@@ -679,6 +723,8 @@ def main() -> int:
             run_floor(bench, args.concurrency, modes)
         if "idle" not in args.skip:
             run_idle_latency(bench, repo)
+        if args.peers and "head-to-head" not in args.skip:
+            run_head_to_head(bench, repo, args.models, args.rounds)
         run_mimo(bench, "mimo", repo, [], args.models, args.concurrency, modes + ["http"])
         if args.baseline:
             # Another checkout of mimo (PYTHONPATH to a `mimo` package folder), same flags: the
