@@ -7,6 +7,7 @@
 //! none of those calls blocks, and `shutdown` releases the GIL while it waits.
 
 mod calls;
+mod coalesce;
 mod events;
 mod grpc;
 mod http;

@@ -21,6 +21,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
 use crate::calls::Calls;
+use crate::coalesce::Coalesce;
 use crate::grpc;
 use crate::http;
 
@@ -253,11 +254,11 @@ async fn serve_connection(
 ) {
     let limits = &shared.limits;
     match tls {
-        None => serve_io(shared, TokioIo::new(stream), peer, protocol, stop).await,
+        None => serve_io(shared, TokioIo::new(Coalesce::new(stream)), peer, protocol, stop).await,
         Some(acceptor) => {
             // A failed or slow handshake concerns that client only.
             if let Ok(Ok(stream)) = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
-                serve_io(shared, TokioIo::new(stream), peer, protocol, stop).await;
+                serve_io(shared, TokioIo::new(Coalesce::new(stream)), peer, protocol, stop).await;
             }
         }
     }
