@@ -157,9 +157,9 @@ def _head_to_head(rows: Rows) -> list[str]:
     if not turns:
         return []
     rounds = sorted({r["round"] for r in turns})
-    by = {(r["server"], r["mode"], r["data"], r["round"]): r for r in turns if r["infer_s"]}
-    out = ["## Head to head with Triton (c=32, both on core 0 at once, measured in turns)", "",
-           "infer/s mimo / Triton (python backend + ONNX Runtime, dynamic batching) per round; streaming is",
+    by = {(r["server"], r["mode"], r["data"], r["conc"], r["round"]): r for r in turns if r["infer_s"]}
+    out = ["## Head to head with Triton (both on core 0 at once, measured in turns)", "",
+           "c=32 infer/s mimo / Triton (python backend + ONNX Runtime, dynamic batching) per round; streaming is",
            "mimo's ModelStreamInfer against Triton's unary ModelInfer. Server CPU per request in brackets.", "",
            "| model | mimo | " + " | ".join(f"round {n + 1}" for n in rounds) + " | median ratio |",
            "|---|---|" + "---|" * len(rounds) + "---:|"]
@@ -167,7 +167,7 @@ def _head_to_head(rows: Rows) -> list[str]:
         for mode in ("unary", "streaming"):
             cells, ratios = [], []
             for n in rounds:
-                mine, theirs = by.get(("h2h mimo", mode, model, n)), by.get(("h2h triton", "unary", model, n))
+                mine, theirs = by.get(("h2h mimo", mode, model, 32, n)), by.get(("h2h triton", "unary", model, 32, n))
                 if not (mine and theirs):
                     cells.append("-")
                     continue
@@ -177,7 +177,22 @@ def _head_to_head(rows: Rows) -> list[str]:
                 cells.append(f"{_fmt(mine['infer_s'])} / {_fmt(theirs['infer_s'])} ({ratios[-1]:.2f}x){cpu}")
             if ratios:
                 out.append(f"| {model} | {mode} | " + " | ".join(cells) + f" | {statistics.median(ratios):.2f}x |")
-    return out + [""]
+    latency = ["", "c=1 p50 ms, mimo / Triton, per round (lower is better; ratio mimo / Triton):", "",
+               "| model | mimo | " + " | ".join(f"round {n + 1}" for n in rounds) + " | median ratio |",
+               "|---|---|" + "---|" * len(rounds) + "---:|"]
+    for model in dict.fromkeys(r["data"] for r in turns):
+        for mode in ("unary", "streaming"):
+            cells, ratios = [], []
+            for n in rounds:
+                mine, theirs = by.get(("h2h mimo", mode, model, 1, n)), by.get(("h2h triton", "unary", model, 1, n))
+                if not (mine and theirs):
+                    cells.append("-")
+                    continue
+                ratios.append(mine["p50_ms"] / theirs["p50_ms"])
+                cells.append(f"{mine['p50_ms']:.3f} / {theirs['p50_ms']:.3f} ({ratios[-1]:.2f})")
+            if ratios:
+                latency.append(f"| {model} | {mode} | " + " | ".join(cells) + f" | {statistics.median(ratios):.2f} |")
+    return out + (latency if len(latency) > 5 else []) + [""]
 
 
 def _http(rows: Rows) -> list[str]:

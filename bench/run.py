@@ -17,7 +17,7 @@ core 0, the load generator (Triton's perf_analyzer, gRPC, batch 1, closed loop) 
                standard export grouped by shape, against a masked export (bench/masked.py) with
                padding declared, and the masked export grouped
   head to head (--peers) mimo and Triton (python backend, bench/triton_peer.py) on core 0 at once, c=32
-               measured in turns, 3 rounds: the ratios to Triton, robust to a shared machine
+               and c=1 measured in turns, 3 rounds: the ratios to Triton, robust to a shared machine
   peers        (--peers) ../shared/peers/run_all.sh: Triton python backend, PyTriton, MLServer
                (three modes) and the naive grpc.aio+ORT server, serving the same exported ONNX files;
                then Triton's and MLServer's REST front ends under perf_analyzer -i http
@@ -390,8 +390,8 @@ def run_idle_latency(bench: Bench, repo: Path, rounds: int = 3) -> None:
 
 def run_head_to_head(bench: Bench, repo: Path, models, rounds: int) -> None:
     """mimo (defaults) and Triton (python backend + ONNX Runtime, bench/triton_peer.py over the same
-    exported files) on core 0 at once, c=32 measured in turns: each round measures every model on
-    both, in alternating order. The peers' own run comes minutes after mimo's, and on a shared
+    exported files) on core 0 at once, c=32 and c=1 measured in turns: each round measures every
+    model on both, in alternating order. The peers' own run comes minutes after mimo's, and on a shared
     machine the throughput of one server drifts between such runs by more than the ratios to be
     read (25% in a minute has been seen); in turns, a slow spell falls on both servers' figures.
     Rows are kept per round (`round`), server "h2h mimo" / "h2h triton"."""
@@ -406,7 +406,7 @@ def run_head_to_head(bench: Bench, repo: Path, models, rounds: int) -> None:
                            "--http-port", "0", "--log-level", "WARNING"]
     triton_command = [PYTHON, str(HERE / "triton_peer.py"), "--repository", str(repo), "--models", *models,
                       "--port", str(TRITON_PORT), "--root", str(bench.args.peers_root), "--peers", str(bench.args.peers_dir)]
-    print(f"== head to head with Triton, in turns ({rounds} rounds, c=32): {' '.join(models)}", flush=True)
+    print(f"== head to head with Triton, in turns ({rounds} rounds, c=32 and c=1): {' '.join(models)}", flush=True)
     servers = {}
     try:
         servers["mimo"] = (start(mimo_command, bench.out / "h2h-mimo.server.log"), MIMO_PORT, ("unary", "streaming"))
@@ -416,12 +416,13 @@ def run_head_to_head(bench: Bench, repo: Path, models, rounds: int) -> None:
         for turn in range(rounds):
             order = ["mimo", "triton"] if turn % 2 == 0 else ["triton", "mimo"]
             for model in models:
-                for name in order:
-                    server, port, modes = servers[name]
-                    for mode in modes:
-                        row = bench.perf(f"h2h {name}", mode, model, 32, port, server.pid, keep=False,
-                                         tag_suffix=f".round{turn}")
-                        bench.rows.append({**row, "round": turn})
+                for conc in (32, 1):  # throughput, then the latency of one request at a time
+                    for name in order:
+                        server, port, modes = servers[name]
+                        for mode in modes:
+                            row = bench.perf(f"h2h {name}", mode, model, conc, port, server.pid, keep=False,
+                                             tag_suffix=f".round{turn}")
+                            bench.rows.append({**row, "round": turn})
         bench.save()
     finally:
         for server, _, _ in servers.values():
