@@ -152,47 +152,54 @@ def _goals(rows: Rows) -> list[str]:
 
 
 def _head_to_head(rows: Rows) -> list[str]:
-    """run_head_to_head's rounds: mimo and Triton on core 0 at once, c=32, measured in turns."""
+    """run_head_to_head's rounds: mimo and Triton on core 0 at once, c=32 and c=1, measured in turns."""
     turns = [r for r in rows.rows if "round" in r]
     if not turns:
         return []
-    rounds = sorted({r["round"] for r in turns})
-    by = {(r["server"], r["mode"], r["data"], r["conc"], r["round"]): r for r in turns if r["infer_s"]}
+
+    def throughput(mine, theirs):
+        ratio = mine["infer_s"] / theirs["infer_s"]
+        cpu = (f" ({_fmt(mine['cpu_us'])} / {_fmt(theirs['cpu_us'])} us)"
+               if mine.get("cpu_us") and theirs.get("cpu_us") else "")
+        return ratio, f"{_fmt(mine['infer_s'])} / {_fmt(theirs['infer_s'])} ({ratio:.2f}x){cpu}"
+
+    def latency(mine, theirs):
+        ratio = mine["p50_ms"] / theirs["p50_ms"]
+        return ratio, f"{mine['p50_ms']:.3f} / {theirs['p50_ms']:.3f} ({ratio:.2f})"
+
     out = ["## Head to head with Triton (both on core 0 at once, measured in turns)", "",
            "c=32 infer/s mimo / Triton (python backend + ONNX Runtime, dynamic batching) per round; streaming is",
-           "mimo's ModelStreamInfer against Triton's unary ModelInfer. Server CPU per request in brackets.", "",
-           "| model | mimo | " + " | ".join(f"round {n + 1}" for n in rounds) + " | median ratio |",
-           "|---|---|" + "---|" * len(rounds) + "---:|"]
+           "mimo's ModelStreamInfer against Triton's unary ModelInfer. Server CPU per request in brackets.", ""]
+    out += _turn_table(turns, 32, throughput, "x")
+    c1 = _turn_table(turns, 1, latency, "")
+    if c1:
+        out += ["", "c=1 p50 ms, mimo / Triton, per round (lower is better; ratio mimo / Triton):", "", *c1]
+    return out + [""]
+
+
+def _turn_table(turns: list[dict], conc: int, cell, unit: str) -> list[str]:
+    """One table of the head-to-head: a line per model and mimo mode, a cell per round (`cell`
+    gives the ratio and the text), and the median ratio; [] when the run has no such rows."""
+    rounds = sorted({r["round"] for r in turns})
+    by = {(r["server"], r["mode"], r["data"], r["round"]): r for r in turns if r["infer_s"] and r["conc"] == conc}
+    lines = []
     for model in dict.fromkeys(r["data"] for r in turns):
         for mode in ("unary", "streaming"):
             cells, ratios = [], []
             for n in rounds:
-                mine, theirs = by.get(("h2h mimo", mode, model, 32, n)), by.get(("h2h triton", "unary", model, 32, n))
+                mine, theirs = by.get(("h2h mimo", mode, model, n)), by.get(("h2h triton", "unary", model, n))
                 if not (mine and theirs):
                     cells.append("-")
                     continue
-                ratios.append(mine["infer_s"] / theirs["infer_s"])
-                cpu = (f" ({_fmt(mine['cpu_us'])} / {_fmt(theirs['cpu_us'])} us)"
-                       if mine.get("cpu_us") and theirs.get("cpu_us") else "")
-                cells.append(f"{_fmt(mine['infer_s'])} / {_fmt(theirs['infer_s'])} ({ratios[-1]:.2f}x){cpu}")
+                ratio, text = cell(mine, theirs)
+                ratios.append(ratio)
+                cells.append(text)
             if ratios:
-                out.append(f"| {model} | {mode} | " + " | ".join(cells) + f" | {statistics.median(ratios):.2f}x |")
-    latency = ["", "c=1 p50 ms, mimo / Triton, per round (lower is better; ratio mimo / Triton):", "",
-               "| model | mimo | " + " | ".join(f"round {n + 1}" for n in rounds) + " | median ratio |",
-               "|---|---|" + "---|" * len(rounds) + "---:|"]
-    for model in dict.fromkeys(r["data"] for r in turns):
-        for mode in ("unary", "streaming"):
-            cells, ratios = [], []
-            for n in rounds:
-                mine, theirs = by.get(("h2h mimo", mode, model, 1, n)), by.get(("h2h triton", "unary", model, 1, n))
-                if not (mine and theirs):
-                    cells.append("-")
-                    continue
-                ratios.append(mine["p50_ms"] / theirs["p50_ms"])
-                cells.append(f"{mine['p50_ms']:.3f} / {theirs['p50_ms']:.3f} ({ratios[-1]:.2f})")
-            if ratios:
-                latency.append(f"| {model} | {mode} | " + " | ".join(cells) + f" | {statistics.median(ratios):.2f} |")
-    return out + (latency if len(latency) > 5 else []) + [""]
+                lines.append(f"| {model} | {mode} | " + " | ".join(cells) + f" | {statistics.median(ratios):.2f}{unit} |")
+    if not lines:
+        return []
+    return ["| model | mimo | " + " | ".join(f"round {n + 1}" for n in rounds) + " | median ratio |",
+            "|---|---|" + "---|" * len(rounds) + "---:|", *lines]
 
 
 def _http(rows: Rows) -> list[str]:
