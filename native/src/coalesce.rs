@@ -28,6 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const LIMIT: usize = 64 * 1024;
 /// The largest write that is gathered (copied); a larger one goes to the socket as it is.
 pub const GATHER_MAX: usize = 8 * 1024;
+/// A buffer larger than this is let go once written out (thousands of connections may be open).
+const KEEP: usize = 16 * 1024;
 
 pub struct Coalesce<T> {
     io: T,
@@ -93,7 +95,11 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
             }
             self.written += n;
         }
-        self.buf.clear();
+        if self.buf.capacity() > KEEP {
+            self.buf = Vec::new(); // an idle connection does not hold a burst's buffer
+        } else {
+            self.buf.clear();
+        }
         self.written = 0;
         self.draining = false;
         Poll::Ready(Ok(()))
@@ -228,6 +234,7 @@ mod tests {
         let sent: usize = out.io.writes.iter().map(Vec::len).sum();
         assert_eq!(sent, LIMIT);
         assert_eq!(out.buf, vec![2u8; 20]);
+        assert!(out.buf.capacity() <= KEEP, "the burst's 64 KiB buffer is not kept");
     }
 
     #[tokio::test(flavor = "current_thread")]
