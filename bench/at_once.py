@@ -7,7 +7,7 @@ build on both sides gives ratios of 0.995-1.007. A and B differ by flags, enviro
 native transport's build (a .so, copied in place while that server starts; a running server keeps
 the file it loaded):
 
-  python bench/at_once.py --b-flags "--no-batching"
+  python bench/at_once.py --b-flags=--no-batching
   python bench/at_once.py --a-transport /tmp/old.so --b-transport /tmp/new.so --models qa mlp --modes unary streaming
 """
 
@@ -31,17 +31,16 @@ import run  # noqa: E402
 TRANSPORT = next((run.PROJECT / "serving").glob("_transport*.so"), None)
 
 
-def serve(name: str, port: int, repo: Path, flags: str, env: str, transport: Path | None, out: Path):
+def serve(name: str, port: int, repo: Path, models: list[str], flags: str, env: str, transport: Path | None,
+          out: Path):
     if transport is not None:
         if TRANSPORT is None:
             raise SystemExit("no built transport in serving/ to replace (make install)")
         shutil.copy(transport, TRANSPORT.with_suffix(".tmp"))
         os.replace(TRANSPORT.with_suffix(".tmp"), TRANSPORT)  # a new file: a running server keeps its own
-    command = run.MIMO + ["serve", "--model-repository", str(repo), "--port", str(port), "--metrics-port", "0",
-                          "--http-port", "0", "--log-level", "WARNING", *shlex.split(flags)]
     variables = dict(item.split("=", 1) for item in shlex.split(env))
-    server = run.start(command, out / f"{name}.server.log", env=variables)
-    run.wait_ready(port, ["mlp", "qa", "posts"], server)
+    server = run.start(run.mimo_serve(repo, port, *shlex.split(flags)), out / f"{name}.server.log", env=variables)
+    run.wait_ready(port, models, server)
     return server
 
 
@@ -68,8 +67,8 @@ def main() -> int:
     try:
         for name, port in ports.items():
             side = name.lower()
-            servers[name] = serve(name, port, args.repo, getattr(args, f"{side}_flags"), getattr(args, f"{side}_env"),
-                                  getattr(args, f"{side}_transport"), out)
+            servers[name] = serve(name, port, args.repo, args.models, getattr(args, f"{side}_flags"),
+                                  getattr(args, f"{side}_env"), getattr(args, f"{side}_transport"), out)
         ratios: dict[tuple, list[float]] = {}
         for turn in range(args.rounds):
             for model in args.models:

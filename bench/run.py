@@ -113,6 +113,12 @@ def start(command: list[str], log: Path, pin: bool = True, env: dict | None = No
     return process
 
 
+def mimo_serve(repo: Path, port: int, *flags: str, http_port: int = 0) -> list[str]:
+    """`mimo serve` on `port` over `repo`, quiet, no metrics port (HTTP on `http_port`, 0: none)."""
+    return MIMO + ["serve", "--model-repository", str(repo), "--port", str(port), "--metrics-port", "0",
+                   "--http-port", str(http_port), "--log-level", "WARNING", *flags]
+
+
 def port_taken(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -353,11 +359,9 @@ def run_idle_latency(bench: Bench, repo: Path, rounds: int = 3) -> None:
     script = bench.args.peers_dir / "floor_kserve.py"
     plan = [("floor", [PYTHON, str(script), str(bench.out), "--mode", "echo", "--port", str(FLOOR_PORT)],
              FLOOR_PORT, ["-x", "1"])] if script.is_file() else []
-    base = MIMO + ["serve", "--model-repository", str(repo), "--metrics-port", "0", "--http-port", "0",
-                   "--log-level", "WARNING"]
-    plan += [("mimo", base + ["--port", str(MIMO_PORT)], MIMO_PORT, []),
-             ("mimo no-batching", base + ["--port", str(MIMO_PORT + 1), "--no-batching"], MIMO_PORT + 1, []),
-             ("mimo grpc.aio", base + ["--port", str(MIMO_PORT + 2), "--frontend", "python"], MIMO_PORT + 2, [])]
+    plan += [("mimo", mimo_serve(repo, MIMO_PORT), MIMO_PORT, []),
+             ("mimo no-batching", mimo_serve(repo, MIMO_PORT + 1, "--no-batching"), MIMO_PORT + 1, []),
+             ("mimo grpc.aio", mimo_serve(repo, MIMO_PORT + 2, "--frontend", "python"), MIMO_PORT + 2, [])]
     for _, _, port, _ in plan:
         if port_taken(port):
             raise RuntimeError(f"port {port} is taken")
@@ -402,8 +406,7 @@ def run_head_to_head(bench: Bench, repo: Path, models, rounds: int) -> None:
     for port in (MIMO_PORT, TRITON_PORT, TRITON_PORT - 1):
         if port_taken(port):
             raise RuntimeError(f"port {port} is taken")
-    mimo_command = MIMO + ["serve", "--model-repository", str(repo), "--port", str(MIMO_PORT), "--metrics-port", "0",
-                           "--http-port", "0", "--log-level", "WARNING"]
+    mimo_command = mimo_serve(repo, MIMO_PORT)
     triton_command = [PYTHON, str(HERE / "triton_peer.py"), "--repository", str(repo), "--models", *models,
                       "--port", str(TRITON_PORT), "--root", str(bench.args.peers_root), "--peers", str(bench.args.peers_dir)]
     print(f"== head to head with Triton, in turns ({rounds} rounds, c=32 and c=1): {' '.join(models)}", flush=True)
@@ -625,8 +628,7 @@ def run_rest_json(bench: Bench, repo: Path) -> list[dict]:
         print("== REST JSON skipped: wrk not installed (apt-get install wrk)", flush=True)
         return []
     root = bench.args.cache / "peers-root"
-    plan = [("mimo", MIMO + ["serve", "--model-repository", str(repo), "--port", str(MIMO_PORT), "--metrics-port",
-                             "0", "--http-port", str(MIMO_HTTP_PORT), "--log-level", "WARNING"], MIMO_PORT, {})]
+    plan = [("mimo", mimo_serve(repo, MIMO_PORT, http_port=MIMO_HTTP_PORT), MIMO_PORT, {})]
     shim = {"PYTHONPATH": str(HERE / "peer_shims"), "MIMO_BENCH_MLSERVER_REST_SHIM": "1", "ROOT": str(root)}
     if (root / "models" / "mlp.onnx").exists():
         plan += [(peer, ["bash", str(bench.args.peers_dir / script), str(root / "models"), *arguments, str(port)],
